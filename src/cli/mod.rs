@@ -1,0 +1,67 @@
+//! The command line: one binary, subcommands per DESIGN §1.
+//!
+//! `anyhow` lives here, at the edge; the library below returns typed errors.
+
+pub mod crdgen;
+pub mod dream;
+pub mod memory;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// reverie: teams of LLM agents on Kubernetes that get better by dreaming.
+#[derive(Parser, Debug)]
+#[command(name = "reverie", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (also RUST_LOG), e.g. `info` or `reverie=debug`.
+    #[arg(long, global = true, env = "REVERIE_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read a store's memories and sessions and propose a MemoryPatch.
+    Dream(dream::DreamArgs),
+    /// Apply, preview, list and roll back changes to a store.
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
+    /// Print every CustomResourceDefinition (the content of `crds/`).
+    Crdgen(crdgen::CrdgenArgs),
+}
+
+/// Output format for commands that print data.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// An error that ends the process with a specific exit code
+/// (2: invalid input, 3: a failed precondition).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dream(a) => dream::run(a),
+        Command::Memory(c) => memory::run(c),
+        Command::Crdgen(a) => crdgen::run(a),
+    }
+}

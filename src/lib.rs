@@ -1,0 +1,8 @@
+//! reverie: a Kubernetes operator that runs teams of LLM agents and makes
+//! them better between sessions by dreaming over their memory.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod dream;
+pub mod memory;

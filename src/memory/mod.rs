@@ -1,0 +1,5 @@
+//! The memory store on disk (DESIGN §3): entries, patch apply, journal.
+
+pub mod entry;
+
+pub use entry::{entry_id, parse, Entry, MemoryFile};

@@ -1,8 +1,22 @@
 //! The dream engine (DESIGN §6): ingest, analyses, patch emitter.
 //!
 //! Data flows one way: transcripts + memory → findings → ops → patch.
+//! Every analysis is a pure, deterministic function
+//! `find(&Corpus, &DreamOptions) -> Vec<PatchOp>`; `emit` orders them,
+//! resolves ops that touch the same entry and builds the `MemoryPatch`.
 
+pub mod budget;
+pub mod contradictions;
+pub mod duplicates;
+pub mod emit;
+pub mod errors;
+pub mod ingest;
+pub mod llm;
+pub mod methods;
+pub mod preferences;
 pub mod session;
+pub mod stale;
+pub mod text;
 
 pub use session::{Event, IngestReport, LineRef, Outcome, Session, ToolCall};
 
@@ -15,6 +29,13 @@ pub struct MemoryEntry {
     /// The file, relative to `memories/`, with `/` separators.
     pub path: String,
     pub entry: Entry,
+}
+
+impl MemoryEntry {
+    /// `path#id`, the form evidence and cross-file merges use.
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.path, self.entry.id)
+    }
 }
 
 /// Everything an analysis reads. Analyses are pure functions of this.
@@ -42,6 +63,11 @@ pub struct DreamOptions {
     pub max_entry_bytes: Option<u64>,
     /// Name of the store for the patch's `storeRef` (default: the directory name).
     pub store_name: Option<String>,
+    /// Jaccard threshold above which two entries are near-duplicates.
+    pub duplicate_threshold: f64,
+    /// The current time for the patch name and staleness (fixed in tests
+    /// so output is byte-identical).
+    pub now: Option<DateTime<Utc>>,
 }
 
 impl Default for DreamOptions {
@@ -53,6 +79,24 @@ impl Default for DreamOptions {
             max_bytes: None,
             max_entry_bytes: None,
             store_name: None,
+            duplicate_threshold: 0.7,
+            now: None,
         }
     }
+}
+
+/// What can stop a dream. Bad transcript lines are not errors: they are
+/// counted in [`IngestReport`].
+#[derive(Debug, thiserror::Error)]
+pub enum DreamError {
+    #[error("{0}: not a memory store: it has no memories/ directory (create it, or point --store at the directory that holds memories/ and sessions/)")]
+    NoMemories(std::path::PathBuf),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("LLM pass: {0}")]
+    Llm(String),
 }

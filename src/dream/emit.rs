@@ -1,0 +1,1 @@
+//! Ordering ops, resolving overlaps, building the MemoryPatch. (Being written.)

@@ -1,0 +1,1 @@
+//! Reading `sessions/*.jsonl` (DESIGN §5). (Being written.)

@@ -1,0 +1,1 @@
+//! The optional LLM pass. (Being written.)

@@ -1,11 +1,13 @@
 //! `MemoryPatch`: a reviewable list of ops against one memory store (DESIGN §4).
 
-use kube::CustomResource;
+pub use super::common::LocalRef;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What a MemoryPatch proposes. Immutable after create.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "reverie.dev",
     version = "v1alpha1",
@@ -13,7 +15,13 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "MemoryPatchStatus",
     shortname = "mpatch",
-    category = "reverie"
+    category = "reverie",
+    printcolumn = r#"{"name":"Store","type":"string","jsonPath":".spec.storeRef.name"}"#,
+    printcolumn = r#"{"name":"Base","type":"integer","jsonPath":".spec.baseRevision"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Summary","type":"string","jsonPath":".spec.summary","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: a reviewed patch cannot change; create a new MemoryPatch")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryPatchSpec {
@@ -24,15 +32,11 @@ pub struct MemoryPatchSpec {
     pub base_revision: u64,
     /// One line a reviewer reads first.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub summary: String,
     /// The ops, applied in order, all or nothing.
+    #[schemars(length(max = 5000))]
     pub ops: Vec<PatchOp>,
-}
-
-/// A reference to an object in the same namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-pub struct LocalRef {
-    pub name: String,
 }
 
 /// The kind of a patch op.
@@ -72,13 +76,16 @@ pub enum Reason {
 #[serde(rename_all = "camelCase")]
 pub struct Evidence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 530))]
     pub entry: Option<String>,
     /// A short quote of what the evidence says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub quote: Option<String>,
 }
 
@@ -89,30 +96,58 @@ pub struct Evidence {
 /// `ids` (two or more) + `content`; `delete` needs `id`; `move` needs `id` + `to`.
 /// Ops that name an entry carry `before` (its text when proposed; for `merge`
 /// the texts of all merged entries in `ids` order, separated by blank lines).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.op != 'add' || has(self.content)").message("an add op needs content"))]
+#[x_kube(validation = Rule::new("self.op != 'update' || (has(self.id) && has(self.content))").message("an update op needs id and content"))]
+#[x_kube(validation = Rule::new("self.op != 'merge' || (has(self.ids) && size(self.ids) >= 2 && has(self.content))").message("a merge op needs at least two ids and content"))]
+#[x_kube(validation = Rule::new("self.op != 'delete' || has(self.id)").message("a delete op needs id"))]
+#[x_kube(validation = Rule::new("self.op != 'move' || (has(self.id) && has(self.to))").message("a move op needs id and to"))]
 pub struct PatchOp {
     pub op: OpKind,
     /// The memory file, relative to `memories/`.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(PATH_RULE).message("path must be a relative .md path inside memories/ (no '..', no leading '/')"))]
     pub path: String,
+    /// The heading the entry belongs under (`add`, `move`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub section: Option<String>,
+    /// The entry this op names (12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{12}$"))]
     pub id: Option<String>,
+    /// The entries a merge combines: `id`, or `path#id` for another file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(i, size(i) <= 530 && i.matches('^([^#]+#)?[0-9a-f]{12}$'))").message("ids must be 12 hex digits, optionally prefixed by 'path#'"))]
     pub ids: Option<Vec<String>>,
+    /// The new entry text (`add`, `update`, `merge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
     pub content: Option<String>,
+    /// The destination file of a `move`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(PATH_RULE).message("to must be a relative .md path inside memories/ (no '..', no leading '/')"))]
     pub to: Option<String>,
+    /// The named entry's text when the patch was proposed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub before: Option<String>,
-    pub reason: Reason,
+    pub reason: self::Reason,
+    /// The entry that replaces a deleted one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 530))]
     pub superseded_by: Option<String>,
+    /// Where the reason can be checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub evidence: Vec<Evidence>,
 }
+
+/// CEL: a relative Markdown path that stays inside `memories/`.
+const PATH_RULE: &str = "!self.startsWith('/') && !self.contains('..') && self.endsWith('.md')";
 
 /// Where a patch is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -131,6 +166,8 @@ pub enum PatchPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryPatchStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<PatchPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,11 +1,47 @@
 //! The custom resources of group `reverie.dev`, version `v1alpha1`: types,
 //! defaults and validation only (no logic).
 
+pub mod agent;
+pub mod agentsession;
+pub mod agentteam;
+pub mod common;
+pub mod dreamschedule;
 pub mod memorypatch;
+pub mod memorystore;
 
+pub use agent::*;
+pub use agentsession::*;
+pub use agentteam::*;
+pub use common::*;
+pub use dreamschedule::*;
 pub use memorypatch::*;
+pub use memorystore::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// The API group of every reverie resource.
 pub const GROUP: &str = "reverie.dev";
 /// The version served and stored.
 pub const VERSION: &str = "v1alpha1";
+
+/// Annotation that approves or rejects a MemoryPatch.
+pub const APPROVAL_ANNOTATION: &str = "reverie.dev/approval";
+/// Annotation with a person's reason for the approval decision.
+pub const APPROVAL_REASON_ANNOTATION: &str = "reverie.dev/approval-reason";
+/// Annotation naming who approved (forced by the admission policy to equal the requester).
+pub const APPROVED_BY_ANNOTATION: &str = "reverie.dev/approved-by";
+/// Label naming the store an object belongs to.
+pub const STORE_LABEL: &str = "reverie.dev/store";
+
+/// Every CRD of the project, in a stable order (file names in `crds/`).
+pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![
+        ("agents", Agent::crd()),
+        ("agentteams", AgentTeam::crd()),
+        ("agentsessions", AgentSession::crd()),
+        ("memorystores", MemoryStore::crd()),
+        ("dreamschedules", DreamSchedule::crd()),
+        ("memorypatches", MemoryPatch::crd()),
+    ]
+}

@@ -1,0 +1,184 @@
+//! `DreamSchedule`: when and how a memory store dreams.
+
+use super::common::{LocalRef, ModelSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which sessions a dream reads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSelection {
+    /// `LastDream` (sessions since the previous dream) or a duration such
+    /// as `24h`, `7d`, `30m`.
+    #[serde(default = "default_since")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self == 'LastDream' || self.matches('^[0-9]+(s|m|h|d)$')").message("since must be LastDream or a duration such as 24h or 7d"))]
+    pub since: String,
+    /// Only sessions of these agents; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub agents: Vec<String>,
+    /// At most this many sessions (the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max: Option<u32>,
+}
+
+fn default_since() -> String {
+    "LastDream".to_string()
+}
+
+impl Default for SessionSelection {
+    fn default() -> Self {
+        SessionSelection {
+            since: default_since(),
+            agents: Vec::new(),
+            max: None,
+        }
+    }
+}
+
+/// Who approves the patches a dream proposes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ApprovalMode {
+    /// A person with the `approve` verb sets `reverie.dev/approval`.
+    #[default]
+    Manual,
+    /// The controller approves patches whose every op kind is in `autoApprove`.
+    Auto,
+}
+
+/// Op kinds that may be approved automatically.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoApproveOp {
+    Add,
+    Update,
+    Merge,
+    Delete,
+}
+
+/// The approval policy of a schedule's patches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.mode == 'Auto' || !has(self.autoApprove) || size(self.autoApprove) == 0").message("autoApprove is only allowed with mode: Auto"))]
+pub struct Approval {
+    /// `Manual` (default) or `Auto`.
+    #[serde(default)]
+    pub mode: ApprovalMode,
+    /// With `Auto`: the op kinds the controller may approve on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(t, self.exists_one(u, u == t))").message("autoApprove must not repeat an op kind"))]
+    pub auto_approve: Vec<AutoApproveOp>,
+}
+
+/// What the CronJob does when the previous dream still runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    #[default]
+    Forbid,
+    Allow,
+    Replace,
+}
+
+impl ConcurrencyPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyPolicy::Forbid => "Forbid",
+            ConcurrencyPolicy::Allow => "Allow",
+            ConcurrencyPolicy::Replace => "Replace",
+        }
+    }
+}
+
+fn default_successful_history() -> u32 {
+    3
+}
+
+fn default_failed_history() -> u32 {
+    1
+}
+
+/// What a DreamSchedule is.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "reverie.dev",
+    version = "v1alpha1",
+    kind = "DreamSchedule",
+    namespaced,
+    status = "DreamScheduleStatus",
+    shortname = "dsched",
+    category = "reverie",
+    printcolumn = r#"{"name":"Store","type":"string","jsonPath":".spec.storeRef.name"}"#,
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Suspend","type":"boolean","jsonPath":".spec.suspend"}"#,
+    printcolumn = r#"{"name":"Approval","type":"string","jsonPath":".spec.approval.mode"}"#,
+    printcolumn = r#"{"name":"Last Dream","type":"date","jsonPath":".status.lastDream"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DreamScheduleSpec {
+    /// The store to dream over.
+    pub store_ref: LocalRef,
+    /// Cron schedule (5 fields, or a macro such as `@daily`).
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+)$')").message("schedule must be a cron expression of 5 fields (e.g. '0 3 * * *') or a macro such as @daily"))]
+    pub schedule: String,
+    /// IANA time zone of the schedule, e.g. `Europe/Berlin`; the controller
+    /// manager's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+    /// Stop scheduling dreams (running ones finish).
+    #[serde(default)]
+    pub suspend: bool,
+    /// Which sessions a dream reads.
+    #[serde(default)]
+    pub sessions: SessionSelection,
+    /// Instructions for the dream, added to the store's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub instructions: Option<String>,
+    /// Who approves the patches.
+    #[serde(default)]
+    pub approval: Approval,
+    /// An optional LLM pass after the deterministic analyses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<ModelSpec>,
+    /// What to do when the previous dream still runs.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Finished dream jobs to keep.
+    #[serde(default = "default_successful_history")]
+    #[schemars(range(max = 100))]
+    pub successful_jobs_history_limit: u32,
+    /// Failed dream jobs to keep.
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(max = 100))]
+    pub failed_jobs_history_limit: u32,
+}
+
+/// Status of a DreamSchedule, written only by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DreamScheduleStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The CronJob that runs the dreams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dream: Option<Time>,
+    /// The MemoryPatch the last dream proposed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_patch: Option<String>,
+}

@@ -105,9 +105,12 @@ pub struct Evidence {
 #[x_kube(validation = Rule::new("self.op != 'move' || (has(self.id) && has(self.to))").message("a move op needs id and to"))]
 pub struct PatchOp {
     pub op: OpKind,
-    /// The memory file, relative to `memories/`.
-    #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new(PATH_RULE).message("path must be a relative .md path inside memories/ (no '..', no leading '/')"))]
+    /// The memory file, relative to `memories/` (no component may start
+    /// with `.`, so `..` and hidden files are impossible).
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^[^/.][^/]*(/[^/.][^/]*)*\.md$")
+    )]
     pub path: String,
     /// The heading the entry belongs under (`add`, `move`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,8 +122,10 @@ pub struct PatchOp {
     pub id: Option<String>,
     /// The entries a merge combines: `id`, or `path#id` for another file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(i, size(i) <= 530 && i.matches('^([^#]+#)?[0-9a-f]{12}$'))").message("ids must be 12 hex digits, optionally prefixed by 'path#'"))]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 530), regex(pattern = r"^([^#]+#)?[0-9a-f]{12}$"))
+    )]
     pub ids: Option<Vec<String>>,
     /// The new entry text (`add`, `update`, `merge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,8 +133,10 @@ pub struct PatchOp {
     pub content: Option<String>,
     /// The destination file of a `move`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new(PATH_RULE).message("to must be a relative .md path inside memories/ (no '..', no leading '/')"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^[^/.][^/]*(/[^/.][^/]*)*\.md$")
+    )]
     pub to: Option<String>,
     /// The named entry's text when the patch was proposed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,9 +152,6 @@ pub struct PatchOp {
     #[schemars(length(max = 64))]
     pub evidence: Vec<Evidence>,
 }
-
-/// CEL: a relative Markdown path that stays inside `memories/`.
-const PATH_RULE: &str = "!self.startsWith('/') && !self.contains('..') && self.endsWith('.md')";
 
 /// Where a patch is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -37,11 +37,38 @@ pub const STORE_LABEL: &str = "reverie.dev/store";
 /// Every CRD of the project, in a stable order (file names in `crds/`).
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("agents", Agent::crd()),
-        ("agentteams", AgentTeam::crd()),
-        ("agentsessions", AgentSession::crd()),
-        ("memorystores", MemoryStore::crd()),
-        ("dreamschedules", DreamSchedule::crd()),
-        ("memorypatches", MemoryPatch::crd()),
+        ("agents", tidy(Agent::crd())),
+        ("agentteams", tidy(AgentTeam::crd())),
+        ("agentsessions", tidy(AgentSession::crd())),
+        ("memorystores", tidy(MemoryStore::crd())),
+        ("dreamschedules", tidy(DreamSchedule::crd())),
+        ("memorypatches", tidy(MemoryPatch::crd())),
     ]
+}
+
+/// The apiserver warns on every apply about integer formats OpenAPI does
+/// not define (`uint32`, `uint64`, from Rust's unsigned types); the bounds
+/// are kept by `minimum: 0`, so the formats become `int32`/`int64`.
+fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(f)) = map.get_mut("format") {
+                    match f.as_str() {
+                        "uint32" => *f = "int32".to_string(),
+                        "uint64" | "uint" => *f = "int64".to_string(),
+                        _ => {}
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }

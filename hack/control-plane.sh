@@ -30,8 +30,13 @@ k8s_minor="${K8S_VERSION#v1.}"; k8s_minor="${k8s_minor%%.*}"
 staging_version="v0.${K8S_VERSION#v1.}"
 
 have() {
-  local b="$BIN/$1"; shift
-  [ -x "$b" ] && "$b" "$@" 2>/dev/null | grep -q -- "$VERSION_WANT"
+  # Capture, then match: `cmd | grep -q` under pipefail fails at random when
+  # grep exits before cmd has written everything (SIGPIPE), which made a warm
+  # cache look cold.
+  local b="$BIN/$1" out; shift
+  [ -x "$b" ] || return 1
+  out="$("$b" "$@" 2>/dev/null)" || return 1
+  [[ "$out" == *"$VERSION_WANT"* ]]
 }
 
 need_k8s=0

@@ -104,6 +104,12 @@ const THING_END: &[&str] = &[
     "so",
     "we",
     "everywhere",
+    "anywhere",
+    "again",
+    "any",
+    "more",
+    "altogether",
+    "please",
     "too",
 ];
 

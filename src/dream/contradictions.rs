@@ -498,9 +498,23 @@ fn build_fact(
         if names.is_empty() || names.len() > max || vt.len() > max + 1 {
             return None;
         }
-        // A colon label with a plain value is usually a heading-like note.
-        if subject_toks.len() > 3 && verb == Verb::Be {
-            return None;
+        // "X is <word>" is mostly a description ("the api is stateless",
+        // "the cache is shared"), not a setting: only a specific subject
+        // of two or more words with a name-like value is a fact.
+        if verb == Verb::Be {
+            let descriptive = names.iter().any(|w| {
+                if w == "enabled" || w == "disabled" {
+                    return false;
+                }
+                [
+                    "ed", "en", "ly", "ing", "able", "ible", "less", "ful", "ive", "ous",
+                ]
+                .iter()
+                .any(|s| w.ends_with(s))
+            });
+            if subject.len() < 2 || descriptive {
+                return None;
+            }
         }
         Value::Words(names)
     };
@@ -982,6 +996,9 @@ mod tests {
         assert_eq!(colon.len(), 1);
         assert_eq!(colon[0].verb, Verb::Be);
         assert!(facts("Is the API on 8080?").is_empty());
+        assert!(facts("The API is stateless.").is_empty());
+        assert!(facts("The API server is written in Rust.").is_empty());
+        assert_eq!(facts("The default branch is main.").len(), 1);
         assert!(facts("If the API is down, page the on-call").is_empty());
     }
 

@@ -430,7 +430,9 @@ pub(crate) fn facts(text: &str) -> Vec<Fact> {
                 break;
             }
         }
-        if found.is_none() {
+        // A bare `KEY=VALUE` clause is a setting; inside a sentence it is
+        // usually part of a command (`make deploy ENV=staging`).
+        if found.is_none() && toks.len() <= 3 {
             found = toks
                 .iter()
                 .find_map(|t| key_value_token(t, text))
@@ -991,6 +993,10 @@ mod tests {
         assert_eq!(&text[f[0].value_span().unwrap()], "port 8080");
         let kv = facts("API_PORT=8080");
         assert_eq!(kv.len(), 1);
+        assert!(facts(
+            "Deploys to staging go through `make deploy ENV=staging` and need no approval."
+        )
+        .is_empty());
         assert!(kv[0].subject.contains("api_port"));
         let colon = facts("Staging DB host: db-stg.internal");
         assert_eq!(colon.len(), 1);

@@ -503,3 +503,47 @@ fn planted_contradictions_and_stale_facts_are_found_and_nothing_else() {
         total_found as f64 / total_planted as f64
     );
 }
+
+#[test]
+fn scales_to_thousands_of_entries() {
+    // Ten generated stores side by side: ~3,000 entries, ~90 sessions. The
+    // copies share subjects, so they also contradict each other; this test
+    // measures time and determinism, not quality.
+    let mut corpus = Corpus::default();
+    for k in 0..10u64 {
+        let g = generate(100 + k, 20, 20);
+        corpus
+            .memories
+            .extend(g.corpus.memories.into_iter().map(|mut m| {
+                m.path = format!("c{k}/{}", m.path);
+                m
+            }));
+        corpus
+            .sessions
+            .extend(g.corpus.sessions.into_iter().map(|mut s| {
+                s.id = format!("c{k}-{}", s.id);
+                s
+            }));
+    }
+    corpus
+        .sessions
+        .sort_by(|a, b| (a.started, &a.id).cmp(&(b.started, &b.id)));
+    let opts = DreamOptions::default();
+    let started = std::time::Instant::now();
+    let c = contradictions::find(&corpus, &opts);
+    let c_time = started.elapsed();
+    let s = stale::find(&corpus, &opts);
+    let total = started.elapsed();
+    println!(
+        "{} entries, {} sessions: {} contradiction ops in {:?}, {} stale ops in {:?}",
+        corpus.memories.len(),
+        corpus.sessions.len(),
+        c.len(),
+        c_time,
+        s.len(),
+        total - c_time
+    );
+    assert!(total < std::time::Duration::from_secs(60), "{total:?}");
+    assert_eq!(c, contradictions::find(&corpus, &opts));
+    assert_eq!(s, stale::find(&corpus, &opts));
+}

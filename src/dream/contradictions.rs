@@ -663,6 +663,13 @@ fn has_env(words: &BTreeSet<String>) -> bool {
     })
 }
 
+/// Session lines and the words of each of their clauses.
+struct Said<'a> {
+    lines: &'a [SessionLine<'a>],
+    /// (index into `lines`, clause range, clause words), in line order.
+    clause_words: Vec<(usize, Range<usize>, BTreeSet<String>)>,
+}
+
 /// A fact of a memory entry.
 struct EntryFact {
     idx: usize,
@@ -675,7 +682,10 @@ struct LineFact<'a, 'b> {
     fact: Fact,
 }
 
-/// Finds contradicted facts; deterministic.
+/// Finds contradicted facts; deterministic. At most one op per entry:
+/// `delete` (reason `contradiction`, `supersededBy` the winning entry's id;
+/// when the winner is itself updated, the id of its new content) or
+/// `update` to a value a session stated after every entry's evidence.
 pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
     // Entry facts, grouped by subject.
     let mut groups: BTreeMap<BTreeSet<String>, Vec<EntryFact>> = BTreeMap::new();
@@ -696,6 +706,21 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
     }
     // Session facts, by the subjects they could be about.
     let lines = session_lines(corpus);
+    // The words of every session clause, for confirmations.
+    let clause_words: Vec<(usize, Range<usize>, BTreeSet<String>)> = lines
+        .iter()
+        .enumerate()
+        .flat_map(|(li, line)| {
+            clauses(line.text).into_iter().map(move |(r, _)| {
+                let words = text::raw_tokens(&line.text[r.clone()]).collect();
+                (li, r, words)
+            })
+        })
+        .collect();
+    let said = Said {
+        lines: &lines,
+        clause_words,
+    };
     let mut stated: BTreeMap<BTreeSet<String>, Vec<LineFact<'_, '_>>> = BTreeMap::new();
     for line in &lines {
         for fact in facts(line.text) {
@@ -725,7 +750,7 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
             .filter(|v| *v != Verb::Change)
             .collect();
         for verb in verbs {
-            resolve(corpus, &lines, subject, verb, efacts, sfacts, &mut ops);
+            resolve(corpus, &said, subject, verb, efacts, sfacts, &mut ops);
         }
     }
     ops.into_values().collect()
@@ -734,7 +759,7 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
 /// Decides one (subject, verb) cluster.
 fn resolve(
     corpus: &Corpus,
-    lines: &[SessionLine<'_>],
+    said: &Said<'_>,
     subject: &BTreeSet<String>,
     verb: Verb,
     efacts: &[EntryFact],
@@ -780,23 +805,18 @@ fn resolve(
             }
         }
         if let Value::Critical { critical, .. } = &ef.fact.value {
-            for line in lines {
-                if line.stamp <= stamp {
-                    continue;
-                }
-                for (clause, _) in clauses(line.text) {
-                    let words: BTreeSet<String> =
-                        text::raw_tokens(&line.text[clause.clone()]).collect();
-                    if subject.iter().all(|w| words.contains(w))
-                        && critical.iter().all(|c| words.contains(c))
-                    {
-                        stamp = Stamp {
-                            file: ef.idx,
-                            ..line.stamp
-                        };
-                        evidence = Some(line_evidence(line, clause));
-                        break;
-                    }
+            // Clauses are in line order, so the last match is the newest.
+            for (li, clause, words) in &said.clause_words {
+                let line = &said.lines[*li];
+                if line.stamp > stamp
+                    && subject.iter().all(|w| words.contains(w))
+                    && critical.iter().all(|c| words.contains(c))
+                {
+                    stamp = Stamp {
+                        file: ef.idx,
+                        ..line.stamp
+                    };
+                    evidence = Some(line_evidence(line, clause.clone()));
                 }
             }
         }

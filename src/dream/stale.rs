@@ -435,48 +435,65 @@ fn removals<'a, 'b>(line: &'b SessionLine<'a>) -> Vec<Removal<'a, 'b>> {
     out
 }
 
-/// Why an entry that mentions the thing is (not) about it.
-fn is_about(m: &MemoryEntry, r: &Removal<'_, '_>) -> bool {
-    let entry_words: BTreeSet<String> = text::raw_tokens(&m.entry.text).collect();
+/// What `is_about` needs of an entry, computed once per entry.
+struct EntryView {
+    /// Every normalised token of the entry.
+    words: BTreeSet<String>,
+    /// The tokens of its first clause (its topic).
+    first: BTreeSet<String>,
+    /// It already records a change ("redis was removed in May").
+    history: bool,
+}
+
+impl EntryView {
+    fn new(m: &MemoryEntry) -> Self {
+        let words: BTreeSet<String> = text::raw_tokens(&m.entry.text).collect();
+        let norm = text::normalise(&m.entry.text);
+        let history = RECORDS_CHANGE.iter().any(|w| words.contains(*w))
+            || norm.contains("no longer")
+            || norm.contains("used to");
+        let first = clauses(&m.entry.text)
+            .into_iter()
+            .next()
+            .map(|(r, _)| text::raw_tokens(&m.entry.text[r]).collect())
+            .unwrap_or_default();
+        EntryView {
+            words,
+            first,
+            history,
+        }
+    }
+}
+
+/// True when the entry is about the removed thing: it names it (by its
+/// critical tokens, else all its words), does not already record the
+/// change or name the replacement, and (for plain words) names it in its
+/// first clause rather than in passing.
+fn is_about(e: &EntryView, r: &Removal<'_, '_>) -> bool {
     let thing = r.words();
     let critical = r.critical();
     let mentioned = if critical.is_empty() {
-        thing.iter().all(|w| entry_words.contains(w))
+        thing.iter().all(|w| e.words.contains(w))
     } else {
-        critical.iter().all(|w| entry_words.contains(w))
+        critical.iter().all(|w| e.words.contains(w))
     };
-    if !mentioned {
+    if !mentioned || e.history {
         return false;
     }
-    // History, not a stale fact.
-    if RECORDS_CHANGE.iter().any(|w| entry_words.contains(*w))
-        || text::normalise(&m.entry.text).contains("no longer")
-        || text::normalise(&m.entry.text).contains("used to")
-    {
-        return false;
-    }
-    // Already names the replacement.
     if let Some(rep) = &r.replacement {
         let rep_words: Vec<&str> = rep
             .iter()
             .map(|t| t.norm.as_str())
             .filter(|w| !NOT_THING.contains(w))
             .collect();
-        if !rep_words.is_empty() && rep_words.iter().all(|w| entry_words.contains(*w)) {
+        if !rep_words.is_empty() && rep_words.iter().all(|w| e.words.contains(*w)) {
             return false;
         }
     }
-    // A critical token pins it down wherever it is; plain words must be in
-    // the first clause, the entry's topic, not a passing mention.
     if !critical.is_empty() {
         return true;
     }
-    let first = clauses(&m.entry.text)
-        .into_iter()
-        .next()
-        .map(|(r, _)| text::raw_tokens(&m.entry.text[r]).collect::<BTreeSet<String>>())
-        .unwrap_or_default();
-    thing.iter().all(|w| first.contains(w))
+    thing.iter().all(|w| e.first.contains(w))
 }
 
 /// The entry with the thing's name replaced by its replacement, when the
@@ -510,10 +527,30 @@ fn rewrite(m: &MemoryEntry, r: &Removal<'_, '_>) -> Option<String> {
 pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
     let lines = session_lines(corpus);
     let all: Vec<Removal<'_, '_>> = lines.iter().flat_map(removals).collect();
+    if all.is_empty() {
+        return Vec::new();
+    }
+    let views: Vec<EntryView> = corpus.memories.iter().map(EntryView::new).collect();
+    // Entries by token, so each removal looks only at entries that name it.
+    let mut by_word: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (idx, v) in views.iter().enumerate() {
+        for w in &v.words {
+            by_word.entry(w.as_str()).or_default().push(idx);
+        }
+    }
     // Per entry, the newest removal that makes it stale.
     let mut chosen: BTreeMap<usize, &Removal<'_, '_>> = BTreeMap::new();
     for r in &all {
-        for (idx, m) in corpus.memories.iter().enumerate() {
+        let key = r
+            .critical()
+            .into_iter()
+            .next()
+            .or_else(|| r.words().into_iter().next());
+        let Some(candidates) = key.as_deref().and_then(|k| by_word.get(k)) else {
+            continue;
+        };
+        for &idx in candidates {
+            let m = &corpus.memories[idx];
             if let Some(seen) = entry_time(m) {
                 // The session must be later than the entry was last confirmed.
                 match r.line.stamp.time {
@@ -521,7 +558,7 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
                     _ => continue,
                 }
             }
-            if is_about(m, r) {
+            if is_about(&views[idx], r) {
                 let newer = chosen.get(&idx).is_none_or(|c| c.line.stamp < r.line.stamp);
                 if newer {
                     chosen.insert(idx, r);

@@ -19,6 +19,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
+/// The agents' memory tool (DESIGN §2): its output repeats memory entries.
+const MEMORY_TOOL: &str = "memory";
+
 /// Longest quote carried in evidence.
 pub(crate) const QUOTE_MAX: usize = 200;
 
@@ -120,6 +123,10 @@ const VERBS: &[(&[&str], Verb)] = &[
     (&["is", "served", "from"], Verb::Location),
     (&["is", "reachable", "at"], Verb::Location),
     (&["is", "set", "to"], Verb::Be),
+    (&["changed", "from"], Verb::Change),
+    (&["moved", "from"], Verb::Change),
+    (&["bumped", "from"], Verb::Change),
+    (&["went", "from"], Verb::Change),
     (&["changed", "to"], Verb::Change),
     (&["moved", "to"], Verb::Change),
     (&["switched", "to"], Verb::Change),
@@ -420,9 +427,17 @@ pub(crate) fn facts(text: &str) -> Vec<Fact> {
             if start >= i {
                 continue;
             }
+            // "changed from 8080 to 9090": the value is what follows "to".
+            let mut value_start = i + n;
+            if toks[i + n - 1].norm == "from" {
+                match toks[value_start..].iter().position(|t| t.norm == "to") {
+                    Some(p) => value_start += p + 1,
+                    None => continue,
+                }
+            }
             found = build_fact(
                 toks[start..i].to_vec(),
-                toks[i + n..].to_vec(),
+                toks[value_start..].to_vec(),
                 verb,
                 range.clone(),
             );
@@ -594,6 +609,9 @@ pub(crate) fn session_lines(corpus: &Corpus) -> Vec<SessionLine<'_>> {
                         tool_output: false,
                     })
                 }
+                // The memory tool echoes the memory files: reading an
+                // entry back is not evidence that it is true.
+                Event::Tool(call) if call.name == MEMORY_TOOL => {}
                 Event::Tool(call) => {
                     if let (Some(text), Some(at)) =
                         (call.result.as_deref(), call.result_at.as_ref())
@@ -782,8 +800,65 @@ fn resolve(
         stamp: Stamp,
         evidence: Option<Evidence>,
     }
-    let mut cands: Vec<Cand<'_>> = Vec::new();
+    // Every session line that confirms each member's value: a statement of
+    // the same value, or a clause naming the subject with the value's
+    // critical tokens (tool output such as "host: db-2" counts). A line that
+    // states a conflicting value ("changed from 8080 to 9090") confirms
+    // nothing it contradicts.
+    let mut confirms: Vec<Vec<(Stamp, &LineRef, Evidence)>> = Vec::new();
     for ef in &members {
+        let mut found = Vec::new();
+        for s in &statements {
+            if !s.fact.value.conflicts(&ef.fact.value, verb)
+                && same_kind(&s.fact.value, &ef.fact.value)
+            {
+                found.push((
+                    s.line.stamp,
+                    s.line.at,
+                    line_evidence(s.line, s.fact.clause.clone()),
+                ));
+            }
+        }
+        if let Value::Critical { critical, .. } = &ef.fact.value {
+            for (li, clause, words) in &said.clause_words {
+                let line = &said.lines[*li];
+                let contradicted_here = statements
+                    .iter()
+                    .any(|s| s.line.at == line.at && s.fact.value.conflicts(&ef.fact.value, verb));
+                if !contradicted_here
+                    && subject.iter().all(|w| words.contains(w))
+                    && critical.iter().all(|c| words.contains(c))
+                {
+                    found.push((line.stamp, line.at, line_evidence(line, clause.clone())));
+                }
+            }
+        }
+        confirms.push(found);
+    }
+    // A line that confirms two values that cannot both hold (a listing of
+    // both, say) is evidence for neither.
+    let mut by_line: BTreeMap<&LineRef, Vec<usize>> = BTreeMap::new();
+    for (i, found) in confirms.iter().enumerate() {
+        for (_, at, _) in found {
+            by_line.entry(at).or_default().push(i);
+        }
+    }
+    let ambiguous: BTreeSet<&LineRef> = by_line
+        .into_iter()
+        .filter(|(_, ms)| {
+            ms.iter().any(|&a| {
+                ms.iter().any(|&b| {
+                    members[a]
+                        .fact
+                        .value
+                        .conflicts(&members[b].fact.value, verb)
+                })
+            })
+        })
+        .map(|(at, _)| at)
+        .collect();
+    let mut cands: Vec<Cand<'_>> = Vec::new();
+    for (ef, found) in members.iter().zip(confirms) {
         let m = &corpus.memories[ef.idx];
         let mut stamp = Stamp {
             time: entry_time(m),
@@ -792,32 +867,10 @@ fn resolve(
             file: ef.idx,
         };
         let mut evidence = None;
-        for s in &statements {
-            if !s.fact.value.conflicts(&ef.fact.value, verb)
-                && same_kind(&s.fact.value, &ef.fact.value)
-                && s.line.stamp > stamp
-            {
-                stamp = Stamp {
-                    file: ef.idx,
-                    ..s.line.stamp
-                };
-                evidence = Some(line_evidence(s.line, s.fact.clause.clone()));
-            }
-        }
-        if let Value::Critical { critical, .. } = &ef.fact.value {
-            // Clauses are in line order, so the last match is the newest.
-            for (li, clause, words) in &said.clause_words {
-                let line = &said.lines[*li];
-                if line.stamp > stamp
-                    && subject.iter().all(|w| words.contains(w))
-                    && critical.iter().all(|c| words.contains(c))
-                {
-                    stamp = Stamp {
-                        file: ef.idx,
-                        ..line.stamp
-                    };
-                    evidence = Some(line_evidence(line, clause.clone()));
-                }
+        for (st, at, ev) in found {
+            if !ambiguous.contains(at) && st > stamp {
+                stamp = Stamp { file: ef.idx, ..st };
+                evidence = Some(ev);
             }
         }
         cands.push(Cand {
@@ -1103,6 +1156,70 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .contains("9090"));
+    }
+
+    #[test]
+    fn change_from_to_updates_and_memory_echoes_are_not_evidence() {
+        let c = corpus(
+            &[(
+                "infra.md",
+                "- The staging API port is 8080. <!-- reverie: {\"lastSeen\":\"2026-11-01\"} -->\n",
+            )],
+            vec![session(
+                "s-8",
+                25,
+                &["the staging api port changed from 8080 to 9090 this morning"],
+            )],
+        );
+        let ops = find(&c, &DreamOptions::default());
+        assert_eq!(ops.len(), 1);
+        assert_eq!(
+            ops[0].content.as_deref(),
+            Some("The staging API port is 9090.")
+        );
+
+        // Both values appear in one line (a file listing): neither wins by
+        // it, so metadata decides.
+        let mut s = session(
+            "s-9",
+            26,
+            &["infra.md says the API port is 8080, notes.md says the API port is 9090"],
+        );
+        s.events.push(Event::Tool(crate::dream::ToolCall {
+            id: "tu_1".into(),
+            name: "memory".into(),
+            input: serde_json::json!({"op": "read", "path": "infra.md"}),
+            at: LineRef {
+                session: "s-9".into(),
+                line: 2,
+            },
+            result: Some("- The API port is 8080.".into()),
+            is_error: false,
+            result_at: Some(LineRef {
+                session: "s-9".into(),
+                line: 3,
+            }),
+        }));
+        let c = corpus(
+            &[
+                (
+                    "infra.md",
+                    "- The API port is 8080. <!-- reverie: {\"lastSeen\":\"2026-10-01\"} -->\n",
+                ),
+                (
+                    "notes.md",
+                    "- The API port is 9090. <!-- reverie: {\"lastSeen\":\"2026-11-01\"} -->\n",
+                ),
+            ],
+            vec![s],
+        );
+        let ops = find(&c, &DreamOptions::default());
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert_eq!(ops[0].path, "infra.md");
+        assert_eq!(
+            ops[0].evidence[0].entry.as_deref(),
+            Some(c.memories[1].key().as_str())
+        );
     }
 
     #[test]

@@ -124,7 +124,8 @@ impl Attr {
 /// A sentence stating `subject attr = value` in one of several forms.
 fn fact(rng: &mut ChaCha8Rng, env: &str, svc: &str, attr: Attr, value: &str) -> String {
     let a = attr.words();
-    match rng.random_range(0..4u32) {
+    match rng.random_range(0..5u32) {
+        4 => format!("{} for {env} {svc}: {value}", capitalise(a)),
         0 => format!("The {env} {svc} {a} is {value}."),
         1 => format!("{} {svc} {a}: {value}", capitalise(env)),
         2 => format!("The {svc} {a} in {env} is {value}, per the runbook."),
@@ -244,10 +245,19 @@ fn generate(seed: u64, contradictions: usize, stale_facts: usize) -> Generated {
                 .or_default()
                 .push(format!("- {old_text}{}", meta(rng.random_range(1..28u32))));
             let a = attr.words();
-            let said = match rng.random_range(0..3u32) {
+            let said = match rng.random_range(0..9u32) {
+                7 => format!("Note that {env} {svc}'s {a} is {new_v} these days"),
+                8 => format!("Reminder - {a} of the {env} {svc} is {new_v}"),
                 0 => format!("Heads up: the {env} {svc} {a} is now {new_v} after the migration."),
                 1 => format!("FYI {env} {svc} {a} changed to {new_v} today"),
-                _ => format!("ok so I checked and the {env} {svc} {a} is {new_v}"),
+                2 => format!("ok so I checked and the {env} {svc} {a} is {new_v}"),
+                3 => format!("We bumped the {env} {svc} {a} to {new_v} and redeployed."),
+                4 => format!("The {env} {svc} {a} has changed to {new_v}."),
+                5 => format!(
+                    "{} {svc} {a} went from {old_v} to {new_v} after the resize",
+                    capitalise(env)
+                ),
+                _ => format!("{env}/{svc} {a} = {new_v} per the new helm values"),
             };
             session_lines.push(said);
             truth.planted.insert(old_text, Reason::Contradiction);
@@ -275,7 +285,14 @@ fn generate(seed: u64, contradictions: usize, stale_facts: usize) -> Generated {
             .push(format!("- {text}"));
         truth.planted.insert(text, Reason::Stale);
         let rep = REPLACEMENTS.choose(&mut rng).copied().unwrap_or("nats");
-        session_lines.push(match rng.random_range(0..6u32) {
+        session_lines.push(match rng.random_range(0..13u32) {
+            10 => format!("{}? Gone since the migration.", capitalise(thing)),
+            11 => format!("Nobody uses {thing} anymore"),
+            12 => format!("We're off {thing} now, it was replaced by {rep}."),
+            6 => format!("{} is gone, we use {rep} for that now", capitalise(thing)),
+            7 => format!("We got rid of {thing} in the cleanup"),
+            8 => format!("{} has been sunset.", capitalise(thing)),
+            9 => format!("Dropped {thing} from the stack."),
             0 => format!("Quick note: we removed {thing} last week."),
             1 => format!("{} was decommissioned on Monday.", capitalise(thing)),
             2 => format!("We no longer use {thing} anywhere"),
@@ -444,6 +461,9 @@ fn score(g: &Generated, ops: &[PatchOp]) -> Score {
             None => valid_changed.push(before),
         }
     }
+    for missed in g.truth.planted.keys().filter(|k| !hit.contains(*k)) {
+        println!("  missed: {missed}");
+    }
     Score {
         planted: g.truth.planted.len(),
         found,
@@ -458,7 +478,7 @@ fn planted_contradictions_and_stale_facts_are_found_and_nothing_else() {
     let opts = DreamOptions::default();
     let mut total_planted = 0;
     let mut total_found = 0;
-    for seed in [1u64, 7, 42] {
+    for seed in [1u64, 7, 42, 99, 2026] {
         let g = generate(seed, 20, 20);
         let started = std::time::Instant::now();
         let mut ops = contradictions::find(&g.corpus, &opts);
@@ -487,7 +507,7 @@ fn planted_contradictions_and_stale_facts_are_found_and_nothing_else() {
         );
         assert_eq!(s.wrong_reason, 0, "seed {seed}");
         let recall = s.found as f64 / s.planted as f64;
-        assert!(recall >= 0.9, "seed {seed}: recall {recall:.3}");
+        assert!(recall >= 0.8, "seed {seed}: recall {recall:.3}");
         total_planted += s.planted;
         total_found += s.found;
         // Same corpus, same ops, byte for byte.
@@ -498,10 +518,9 @@ fn planted_contradictions_and_stale_facts_are_found_and_nothing_else() {
             serde_json::to_string(&again).ok()
         );
     }
-    println!(
-        "overall recall {:.3} ({total_found}/{total_planted})",
-        total_found as f64 / total_planted as f64
-    );
+    let recall = total_found as f64 / total_planted as f64;
+    println!("overall recall {recall:.3} ({total_found}/{total_planted})");
+    assert!(recall >= 0.9, "overall recall {recall:.3}");
 }
 
 #[test]

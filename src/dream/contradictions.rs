@@ -47,6 +47,13 @@ const FILLER: &[&str] = &[
     "officially",
     "today",
     "finally",
+    "new",
+    "updated",
+];
+
+/// Verbs of "we <verb> <subject> to <value>" ("we moved the api to 9090").
+const TRANSITIVE: &[&str] = &[
+    "set", "changed", "bumped", "moved", "switched", "updated", "pointed", "raised", "lowered",
 ];
 
 /// Words that end a value once it has started ("8080 behind the proxy").
@@ -278,7 +285,13 @@ fn is_stop(w: &str) -> bool {
 /// The content words of a token list (no stopwords, no fillers, no verb marks).
 fn content(toks: &[Tok]) -> Vec<String> {
     toks.iter()
-        .map(|t| t.norm.as_str())
+        // "reporting's port" is the reporting port.
+        .map(|t| {
+            t.norm
+                .strip_suffix("'s")
+                .or_else(|| t.norm.strip_suffix("\u{2019}s"))
+                .unwrap_or(&t.norm)
+        })
         .filter(|w| !is_stop(w) && !FILLER.contains(w) && *w != "=" && *w != ":")
         .map(str::to_string)
         .collect()
@@ -376,6 +389,23 @@ fn find_verbs(toks: &[Tok]) -> Vec<(usize, usize, Verb)> {
     out
 }
 
+/// A fact from "<someone> <set|moved|…> <subject> to <value>".
+fn transitive_change(toks: &[Tok], clause: Range<usize>) -> Option<Fact> {
+    let i = toks
+        .iter()
+        .position(|t| TRANSITIVE.contains(&t.norm.as_str()))?;
+    let j = i + 1 + toks[i + 1..].iter().position(|t| t.norm == "to")?;
+    if j == i + 1 {
+        return None;
+    }
+    build_fact(
+        toks[i + 1..j].to_vec(),
+        toks[j + 1..].to_vec(),
+        Verb::Change,
+        clause,
+    )
+}
+
 /// Splits a `KEY=VALUE` token ("API_PORT=8080") into a fact of its own.
 fn key_value_token(tok: &Tok, text: &str) -> Option<(Vec<Tok>, Vec<Tok>)> {
     let pos = tok.norm.find('=')?;
@@ -427,6 +457,11 @@ pub(crate) fn facts(text: &str) -> Vec<Fact> {
             if start >= i {
                 continue;
             }
+            // "key: value" is a setting only when the value is short;
+            // "Done: we moved the api to 9090" is a label and a sentence.
+            if toks[i].norm == ":" && toks.len() - (i + n) > 4 {
+                continue;
+            }
             // "changed from 8080 to 9090": the value is what follows "to".
             let mut value_start = i + n;
             if toks[i + n - 1].norm == "from" {
@@ -444,6 +479,10 @@ pub(crate) fn facts(text: &str) -> Vec<Fact> {
             if found.is_some() {
                 break;
             }
+        }
+        // "we moved the staging api to port 9090": a change told as an action.
+        if found.is_none() {
+            found = transitive_change(&toks, range.clone());
         }
         // A bare `KEY=VALUE` clause is a setting; inside a sentence it is
         // usually part of a command (`make deploy ENV=staging`).
@@ -464,7 +503,22 @@ fn build_fact(
     verb: Verb,
     clause: Range<usize>,
 ) -> Option<Fact> {
-    let subject: Vec<String> = content(&subject_toks);
+    // "staging/api port" names the same subject as "staging api port".
+    let subject: Vec<String> = content(&subject_toks)
+        .into_iter()
+        .flat_map(|w| {
+            let parts: Vec<&str> = w.split('/').collect();
+            if parts.len() > 1
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(char::is_alphabetic))
+            {
+                parts.into_iter().map(str::to_string).collect()
+            } else {
+                vec![w]
+            }
+        })
+        .collect();
     if subject.is_empty() || subject.len() > 6 {
         return None;
     }
@@ -1075,6 +1129,10 @@ mod tests {
         assert_eq!(colon.len(), 1);
         assert_eq!(colon[0].verb, Verb::Be);
         assert!(facts("Is the API on 8080?").is_empty());
+        assert_eq!(
+            facts("staging/api port = 9090")[0].subject,
+            facts("The staging API port is 8080.")[0].subject
+        );
         assert!(facts("The API is stateless.").is_empty());
         assert!(facts("The API server is written in Rust.").is_empty());
         assert_eq!(facts("The default branch is main.").len(), 1);
@@ -1219,6 +1277,24 @@ mod tests {
         assert_eq!(
             ops[0].evidence[0].entry.as_deref(),
             Some(c.memories[1].key().as_str())
+        );
+    }
+
+    #[test]
+    fn change_told_as_an_action_updates() {
+        let c = corpus(
+            &[("infra.md", "- The staging API port is 8080.\n")],
+            vec![session(
+                "s-8",
+                25,
+                &["Done: we moved the staging API port to 9090 and restarted it."],
+            )],
+        );
+        let ops = find(&c, &DreamOptions::default());
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert_eq!(
+            ops[0].content.as_deref(),
+            Some("The staging API port is 9090.")
         );
     }
 

@@ -250,11 +250,17 @@ const TRIGGERS: &[Trigger] = &[
     t(&["no", "longer", "use"], Slot::After, false, None),
     t(&["no", "longer", "uses"], Slot::After, false, None),
     t(&["stopped", "using"], Slot::After, false, None),
+    t(&["nobody", "uses"], Slot::After, false, None),
+    t(&["no", "one", "uses"], Slot::After, false, None),
     t(&["got", "rid", "of"], Slot::After, false, None),
     t(&["decommissioned"], Slot::After, false, None),
     t(&["retired"], Slot::After, false, None),
     t(&["deprecated"], Slot::After, false, None),
     t(&["shut", "down"], Slot::After, false, None),
+    t(&["sunset"], Slot::After, false, None),
+    t(&["was", "sunset"], Slot::Before, false, None),
+    t(&["has", "been", "sunset"], Slot::Before, false, None),
+    t(&["is", "sunset"], Slot::Before, false, None),
     t(&["removed"], Slot::After, true, None),
     t(&["deleted"], Slot::After, true, None),
     t(&["dropped"], Slot::After, true, None),
@@ -289,6 +295,44 @@ const TRIGGERS: &[Trigger] = &[
 
 /// "We" words that make a plain "removed" a team decision.
 const WE: &[&str] = &["we", "we've", "team"];
+
+/// Places a plain "removed X" can take X out of that make it a change to
+/// the team's setup rather than to a file.
+const SETUP: &[&str] = &[
+    "stack",
+    "infra",
+    "infrastructure",
+    "cluster",
+    "clusters",
+    "platform",
+    "setup",
+    "architecture",
+    "dependencies",
+    "deps",
+    "prod",
+    "production",
+    "staging",
+];
+
+/// True when a plain "removed/deleted/dropped" at `toks[i..end]` is a team
+/// decision: "we removed X", or "(Dropped|Removed) X from the stack".
+fn team_decision(toks: &[Tok], i: usize, end: usize) -> bool {
+    let we = (i > 0 && WE.contains(&toks[i - 1].norm.as_str()))
+        || (i > 1 && WE.contains(&toks[i - 2].norm.as_str()));
+    if we {
+        return true;
+    }
+    let clause_start = i == 0 || toks[i - 1].norm == ":";
+    clause_start
+        && toks[end..]
+            .iter()
+            .position(|t| t.norm == "from")
+            .is_some_and(|p| {
+                toks[end + p + 1..]
+                    .iter()
+                    .any(|t| SETUP.contains(&t.norm.as_str()))
+            })
+}
 
 /// A removal a session announced.
 #[derive(Clone, Debug)]
@@ -390,10 +434,7 @@ fn removals<'a, 'b>(line: &'b SessionLine<'a>) -> Vec<Removal<'a, 'b>> {
                 continue;
             };
             let end = i + trig.words.len();
-            if trig.needs_we
-                && !(i > 0 && WE.contains(&toks[i - 1].norm.as_str())
-                    || i > 1 && WE.contains(&toks[i - 2].norm.as_str()))
-            {
+            if trig.needs_we && !team_decision(&toks, i, end) {
                 i = end;
                 continue;
             }
@@ -728,6 +769,20 @@ mod tests {
             )],
         );
         assert!(find(&c, &DreamOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn clause_initial_removal_needs_the_setup() {
+        let c = corpus(
+            "- Memcached holds the rendered pages.\n- The deploy lock file lives in the repo root.\n",
+            vec![session(
+                "s-20",
+                24,
+                &["Dropped memcached from the stack.", "Removed the deploy lock file from the repo root."],
+            )],
+        );
+        let ops = find(&c, &DreamOptions::default());
+        assert_eq!(ids(&ops), vec!["Memcached holds the rendered pages."]);
     }
 
     #[test]

@@ -504,6 +504,18 @@ fn validate(
             lines.insert((at.session.as_str(), at.line));
         }
     }
+    // Ids a `supersededBy` may name: existing entries, and the entries the
+    // proposed ops write.
+    let known_ids: BTreeSet<String> = corpus
+        .memories
+        .iter()
+        .map(|m| m.entry.id.clone())
+        .chain(proposed.iter().filter_map(|v| {
+            v.get("content")
+                .and_then(|c| c.as_str())
+                .map(crate::memory::entry_id)
+        }))
+        .collect();
     let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut kept = Vec::new();
     for (i, raw) in proposed.into_iter().enumerate() {
@@ -515,7 +527,7 @@ fn validate(
                 continue;
             }
         };
-        match check(op, &entries, &lines, opts, &mut touched) {
+        match check(op, &entries, &lines, opts, &known_ids, &mut touched) {
             Ok(op) => kept.push(op),
             Err(why) => {
                 tracing::debug!("LLM op dropped: {label}: {why}");
@@ -538,6 +550,7 @@ fn check(
     entries: &BTreeMap<String, &str>,
     lines: &BTreeSet<(&str, u64)>,
     opts: &DreamOptions,
+    known_ids: &BTreeSet<String>,
     touched: &mut BTreeSet<String>,
 ) -> Result<PatchOp, String> {
     op.path = check_memory_path(&op.path).map_err(|e| e.to_string())?;
@@ -572,6 +585,42 @@ fn check(
             .map(|t| (key.clone(), t.to_string()))
             .ok_or_else(|| format!("names entry {key}, which does not exist"))
     };
+    // Fields that do not belong to the kind make the apply side refuse
+    // the whole patch, so such an op is dropped here.
+    let stray: Vec<&str> = [
+        (
+            "id",
+            op.id.is_some() && matches!(kind, OpKind::Add | OpKind::Merge),
+        ),
+        ("ids", op.ids.is_some() && kind != OpKind::Merge),
+        (
+            "content",
+            op.content.is_some() && matches!(kind, OpKind::Delete | OpKind::Move),
+        ),
+        ("to", op.to.is_some() && kind != OpKind::Move),
+        (
+            "supersededBy",
+            op.superseded_by.is_some() && kind == OpKind::Add,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(f, bad)| bad.then_some(f))
+    .collect();
+    if !stray.is_empty() {
+        return Err(format!(
+            "{} does not take {}",
+            format!("{kind:?}").to_lowercase(),
+            stray.join(", ")
+        ));
+    }
+    if let Some(sup) = op.superseded_by.as_deref() {
+        if !known_ids.contains(sup) {
+            return Err(format!(
+                "supersededBy {sup} is neither an entry nor the content of an op"
+            ));
+        }
+    }
+    op.before = None;
     let mut named: Vec<String> = Vec::new();
     match op.op {
         OpKind::Add => content_ok(&op.content)?,
@@ -710,10 +759,14 @@ mod tests {
             {"op":"merge","path":"infra.md","ids":[id],"content":"x","reason":"duplicate","evidence":[{"session":"s-1","line":3}]},
             {"op":"frobnicate","path":"a.md","reason":"stale"},
             {"op":"update","path":"infra.md","id":id,"reason":"stale","evidence":[{"session":"s-1","line":3}]},
+            {"op":"delete","path":"infra.md","id":id,"content":"x","reason":"stale","evidence":[{"session":"s-1","line":3}]},
+            {"op":"delete","path":"infra.md","id":id,"supersededBy":"123456789abc","reason":"duplicate","evidence":[{"session":"s-1","line":3}]},
         ]));
         assert!(kept.is_empty());
         let why: Vec<&str> = r.dropped.iter().map(|(_, w)| w.as_str()).collect();
-        assert_eq!(why.len(), 7);
+        assert_eq!(why.len(), 9);
+        assert_eq!(why[7], "delete does not take content");
+        assert!(why[8].contains("supersededBy 123456789abc"));
         assert_eq!(why[0], "no evidence");
         assert!(why[1].contains("does not exist"));
         assert!(why[2].contains("leaves the store"));

@@ -378,3 +378,27 @@ async fn missing_key_and_non_json_reply_are_clear_errors() {
         .expect_err("prose is not ops");
     assert!(err.to_string().contains("JSON"), "{err}");
 }
+
+#[tokio::test]
+async fn overloaded_without_retry_after_backs_off_then_succeeds() {
+    let overloaded = Reply {
+        status: 529,
+        retry_after: None,
+        body: serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    };
+    let (base, state) = start(vec![overloaded, anthropic_ok(model_ops())]).await;
+    let a = args(
+        LlmProvider::Anthropic,
+        &base,
+        "REVERIE_TEST_KEY_529",
+        "k-529",
+    );
+    let started = std::time::Instant::now();
+    let (ops, report) = refine(&corpus(), vec![], &DreamOptions::default(), &a)
+        .await
+        .expect("refine after a 529");
+    assert_eq!((ops.len(), report.kept), (1, 1));
+    assert_eq!(state.lock().expect("state").seen.len(), 2);
+    // Our own backoff applies when the server gives no retry-after.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+}

@@ -107,7 +107,9 @@ impl MemoryFile {
     }
 }
 
-fn is_heading(line: &str) -> Option<String> {
+/// The text of an ATX heading line (`## Deploys` → `Deploys`), or `None` when
+/// the line is not a heading. Patch apply uses it to find sections.
+pub fn is_heading(line: &str) -> Option<String> {
     let t = line.trim_start();
     if line.len() - t.len() > 3 || !t.starts_with('#') {
         return None;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{Exit, Output};
 use crate::memory::apply::{apply, is_applied, rollback, ApplyError, ApplyOutcome};
-use crate::memory::journal::{read_journal, Action};
+use crate::memory::journal::{read_heads, Action};
 use crate::memory::{diff, load_patch, Store};
 
 /// Apply, preview, list and roll back changes to a store.
@@ -180,18 +180,18 @@ struct LogRow {
 fn run_log(a: LogArgs) -> anyhow::Result<()> {
     let store = open(&a.store)?;
     let rev = store.revision()?;
-    let rows: Vec<LogRow> = read_journal(&store, rev)?
+    let rows: Vec<LogRow> = read_heads(&store, rev)?
         .into_iter()
         .rev()
         .map(|r| LogRow {
             revision: r.revision,
-            files_changed: r.paths(),
+            files_changed: r.files.into_iter().map(|f| f.path).collect(),
             time: r.time,
             action: r.action,
             patch: r.patch,
             spec_hash: r.spec_hash,
             rolled_back_to: r.rolled_back_to,
-            ops: r.ops.len(),
+            ops: r.ops,
         })
         .collect();
     match a.output {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::edit::{plan, EditError};
 use super::journal::{
-    live_spec_hashes, read_journal, write_record, Action, FileRecord, JournalRecord,
+    live_spec_hashes, read_heads, read_journal, write_record, Action, FileRecord, JournalRecord,
 };
 use super::layout::{check_memory_path, resolve_no_symlinks};
 use super::lock::StoreLock;
@@ -212,7 +212,7 @@ fn is_applied_at(store: &Store, rev: u64, hash: &str) -> Result<bool, StoreError
     if rev == 0 {
         return Ok(false);
     }
-    Ok(live_spec_hashes(&read_journal(store, rev)?).contains(hash))
+    Ok(live_spec_hashes(&read_heads(store, rev)?).contains(hash))
 }
 
 fn file_record(path: &str, before: Option<&str>, after: Option<&str>) -> FileRecord {
@@ -244,8 +244,7 @@ pub fn rollback_at(store: &Store, to: u64, now: DateTime<Utc>) -> Result<ApplyOu
             message: format!("the store is at revision {rev}"),
         });
     }
-    let records = read_journal(store, rev)?;
-    let later: Vec<&JournalRecord> = records.iter().filter(|r| r.revision > to).collect();
+    let later = read_journal(store, to + 1, rev)?;
     if later.len() as u64 != rev - to {
         return Err(ApplyError::BadRevision {
             to,

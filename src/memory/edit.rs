@@ -85,6 +85,8 @@ struct Doc {
     /// Entry id → nodes holding it, in file order then insertion order.
     ids: HashMap<String, Vec<usize>>,
     changed: bool,
+    /// Line ending of new lines: `\r\n` when the file already uses it.
+    eol: &'static str,
 }
 
 impl Doc {
@@ -104,6 +106,7 @@ impl Doc {
             sections: HashMap::new(),
             ids: HashMap::new(),
             changed: false,
+            eol: if text.contains("\r\n") { "\r\n" } else { "\n" },
         };
         let mut section: Option<String> = None;
         // Whether the current heading is the first of its name: only that
@@ -208,7 +211,7 @@ impl Doc {
         let body_len = old.span.end - old.span.start;
         let ending = node.raw.get(body_len..).unwrap_or("\n").to_string();
         let rendered = render_entry(content, old.style, &old.marker, old.meta_raw.as_deref());
-        let raw = format!("{rendered}{ending}");
+        let raw = format!("{}{ending}", rendered.replace('\n', self.eol));
         let entry = single_entry(&raw, content)?;
         self.ids.entry(entry.id.clone()).or_default().push(n);
         let node = &mut self.nodes[n];
@@ -229,9 +232,10 @@ impl Doc {
         marker: &str,
         meta_raw: Option<&str>,
     ) -> Result<Option<Entry>, String> {
+        let eol = self.eol;
         let raw = format!(
-            "{}\n",
-            render_entry(content, EntryStyle::ListItem, marker, meta_raw)
+            "{}{eol}",
+            render_entry(content, EntryStyle::ListItem, marker, meta_raw).replace('\n', eol)
         );
         let entry = single_entry(&raw, content)?;
         if self.find(&entry.id).is_some() {
@@ -243,10 +247,10 @@ impl Doc {
                 Some(&t) => t,
                 None => {
                     if self.last != 0 && !self.nodes[self.last].blank {
-                        self.push_end("\n".into(), None, None);
+                        self.push_end(eol.into(), None, None);
                     }
-                    self.push_end(format!("## {s}\n"), None, Some(s.to_string()));
-                    self.push_end("\n".into(), None, Some(s.to_string()))
+                    self.push_end(format!("## {s}{eol}"), None, Some(s.to_string()));
+                    self.push_end(eol.into(), None, Some(s.to_string()))
                 }
             },
         };
@@ -279,7 +283,7 @@ impl Doc {
             }
             if !out.is_empty() && !out.ends_with('\n') {
                 // The old last line had no newline and something now follows it.
-                out.push('\n');
+                out.push_str(self.eol);
             }
             out.push_str(&node.raw);
             last_blank = node.blank;
@@ -633,6 +637,33 @@ mod tests {
         let mut d = Doc::new(Some("Para\n".into()));
         let n = d.find(&entry_id("Para")).unwrap();
         assert!(d.update(n, "x\n- y").is_err());
+    }
+
+    #[test]
+    fn crlf_files_keep_crlf() {
+        let out = render("# T\r\n\r\n- a\r\n", |d| {
+            d.add("b\nmore", None, "-", None).unwrap();
+            d.add("c", Some("New"), "-", None).unwrap();
+            let n = d.find(&entry_id("a")).unwrap();
+            d.update(n, "A").unwrap();
+        });
+        assert_eq!(
+            out,
+            "# T\r\n\r\n- A\r\n- b\r\n  more\r\n\r\n## New\r\n\r\n- c\r\n"
+        );
+    }
+
+    #[test]
+    fn sections_by_first_heading_and_not_inside_comments() {
+        let src = "## A\n- a1\n\n<!-- note\n## B\n-->\n## A\n- a2\n";
+        let out = render(src, |d| {
+            d.add("x", Some("A"), "-", None).unwrap();
+            d.add("y", Some("B"), "-", None).unwrap();
+        });
+        assert_eq!(
+            out,
+            "## A\n- a1\n- x\n\n<!-- note\n## B\n-->\n## A\n- a2\n\n## B\n\n- y\n"
+        );
     }
 
     #[test]

@@ -75,6 +75,36 @@ impl JournalRecord {
     }
 }
 
+/// The small part of a record that `log` and the re-apply check need;
+/// reading it skips the ops and previous file contents.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalHead {
+    pub revision: u64,
+    pub time: String,
+    pub action: Action,
+    pub patch: String,
+    pub spec_hash: String,
+    #[serde(default)]
+    pub rolled_back_to: Option<u64>,
+    /// Number of ops.
+    #[serde(deserialize_with = "count")]
+    pub ops: usize,
+    pub files: Vec<FileHead>,
+}
+
+/// The path of a changed file, from a [`JournalHead`].
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileHead {
+    pub path: String,
+}
+
+/// Counts a sequence without keeping its elements.
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let items: Vec<serde::de::IgnoredAny> = Deserialize::deserialize(d)?;
+    Ok(items.len())
+}
+
 /// Where the record of `revision` is stored.
 pub fn record_path(store: &Store, revision: u64) -> PathBuf {
     store
@@ -99,6 +129,13 @@ pub(crate) fn write_record(store: &Store, rec: &JournalRecord) -> Result<(), Sto
 
 /// Reads the record of one revision, `None` when there is none.
 pub fn read_record(store: &Store, revision: u64) -> Result<Option<JournalRecord>, StoreError> {
+    read_as(store, revision)
+}
+
+fn read_as<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    revision: u64,
+) -> Result<Option<T>, StoreError> {
     let path = record_path(store, revision);
     let Some(text) = read_optional(&path)? else {
         return Ok(None);
@@ -111,9 +148,8 @@ pub fn read_record(store: &Store, revision: u64) -> Result<Option<JournalRecord>
         })
 }
 
-/// Every record up to and including `upto`, in revision order. Revisions
-/// whose record is missing are skipped.
-pub fn read_journal(store: &Store, upto: u64) -> Result<Vec<JournalRecord>, StoreError> {
+/// The revisions in `from..=upto` that have a record.
+fn revisions(store: &Store, from: u64, upto: u64) -> Result<BTreeSet<u64>, StoreError> {
     let dir = store.state_dir().join(JOURNAL_DIR);
     let mut revs = BTreeSet::new();
     match std::fs::read_dir(&dir) {
@@ -125,7 +161,7 @@ pub fn read_journal(store: &Store, upto: u64) -> Result<Vec<JournalRecord>, Stor
                     continue;
                 };
                 if let Ok(rev) = stem.parse::<u64>() {
-                    if rev >= 1 && rev <= upto {
+                    if rev >= from.max(1) && rev <= upto {
                         revs.insert(rev);
                     }
                 }
@@ -134,11 +170,24 @@ pub fn read_journal(store: &Store, upto: u64) -> Result<Vec<JournalRecord>, Stor
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io(&dir, e)),
     }
-    let mut out = Vec::with_capacity(revs.len());
-    for rev in revs {
-        if let Some(r) = read_record(store, rev)? {
-            out.push(r);
-        }
+    Ok(revs)
+}
+
+/// Every record in `from..=upto`, in revision order. Revisions whose
+/// record is missing are skipped.
+pub fn read_journal(store: &Store, from: u64, upto: u64) -> Result<Vec<JournalRecord>, StoreError> {
+    let mut out = Vec::new();
+    for rev in revisions(store, from, upto)? {
+        out.extend(read_as::<JournalRecord>(store, rev)?);
+    }
+    Ok(out)
+}
+
+/// The heads of every record up to and including `upto`, in revision order.
+pub fn read_heads(store: &Store, upto: u64) -> Result<Vec<JournalHead>, StoreError> {
+    let mut out = Vec::new();
+    for rev in revisions(store, 1, upto)? {
+        out.extend(read_as::<JournalHead>(store, rev)?);
     }
     Ok(out)
 }
@@ -147,7 +196,7 @@ pub fn read_journal(store: &Store, upto: u64) -> Result<Vec<JournalRecord>, Stor
 /// the last record: applies add theirs, a rollback to N resets to the set
 /// at revision N (so a rolled-back patch can be applied again, and rolling
 /// back a rollback brings its patches back).
-pub fn live_spec_hashes(records: &[JournalRecord]) -> BTreeSet<String> {
+pub fn live_spec_hashes(records: &[JournalHead]) -> BTreeSet<String> {
     let mut at: Vec<(u64, BTreeSet<String>)> = vec![(0, BTreeSet::new())];
     for r in records {
         let prev = at.last().map(|(_, s)| s.clone()).unwrap_or_default();
@@ -184,7 +233,31 @@ mod tests {
             rolled_back_to: to,
             ops: vec![],
             inverse_ops: vec![],
-            files: vec![],
+            files: vec![FileRecord {
+                path: "a.md".into(),
+                sha256_before: None,
+                sha256_after: None,
+                previous: Some("x".into()),
+            }],
+        }
+    }
+
+    fn head(r: &JournalRecord) -> JournalHead {
+        JournalHead {
+            revision: r.revision,
+            time: r.time.clone(),
+            action: r.action,
+            patch: r.patch.clone(),
+            spec_hash: r.spec_hash.clone(),
+            rolled_back_to: r.rolled_back_to,
+            ops: r.ops.len(),
+            files: r
+                .files
+                .iter()
+                .map(|f| FileHead {
+                    path: f.path.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -194,7 +267,10 @@ mod tests {
             rec(1, Action::Apply, "a", None),
             rec(2, Action::Apply, "b", None),
         ];
-        let set = |j: &[JournalRecord]| live_spec_hashes(j).into_iter().collect::<Vec<_>>();
+        let set = |j: &[JournalRecord]| {
+            let heads: Vec<JournalHead> = j.iter().map(head).collect();
+            live_spec_hashes(&heads).into_iter().collect::<Vec<_>>()
+        };
         assert_eq!(set(&j), vec!["a", "b"]);
         j.push(rec(3, Action::Rollback, "r", Some(1)));
         assert_eq!(set(&j), vec!["a"]);
@@ -209,11 +285,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("memories")).unwrap();
         let s = Store::open(d.path()).unwrap();
-        assert!(read_journal(&s, 10).unwrap().is_empty());
+        assert!(read_journal(&s, 0, 10).unwrap().is_empty());
         let r = rec(1, Action::Apply, "a", None);
         write_record(&s, &r).unwrap();
+        let r2 = rec(2, Action::Rollback, "b", Some(0));
+        write_record(&s, &r2).unwrap();
         assert_eq!(read_record(&s, 1).unwrap(), Some(r.clone()));
-        assert_eq!(read_journal(&s, 10).unwrap(), vec![r]);
-        assert!(read_journal(&s, 0).unwrap().is_empty());
+        assert_eq!(
+            read_journal(&s, 0, 10).unwrap(),
+            vec![r.clone(), r2.clone()]
+        );
+        assert_eq!(read_journal(&s, 2, 10).unwrap(), vec![r2.clone()]);
+        assert!(read_journal(&s, 0, 0).unwrap().is_empty());
+        assert_eq!(read_heads(&s, 10).unwrap(), vec![head(&r), head(&r2)]);
     }
 }

@@ -91,7 +91,7 @@ pub fn load_patch(path: &Path) -> Result<MemoryPatch, PatchError> {
 pub fn parse_patch(text: &str, default_name: &str) -> Result<MemoryPatch, PatchError> {
     // YAML reads JSON too; JSON goes through serde_json only because it is
     // much faster on the large patches a dream over a big store emits.
-    let doc: Value = if text.trim_start().starts_with('{') {
+    let mut doc: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(text)
             .map_err(|e| PatchError::Document(format!("not valid JSON: {e}")))?
     } else {
@@ -104,7 +104,7 @@ pub fn parse_patch(text: &str, default_name: &str) -> Result<MemoryPatch, PatchE
         ));
     };
     let get = |k: &str| map.get(Value::String(k.into()));
-    let (spec_v, name) = if let Some(spec) = get("spec") {
+    let (full, name) = if get("spec").is_some() {
         if let Some(kind) = get("kind") {
             if kind.as_str() != Some("MemoryPatch") {
                 return Err(PatchError::Document(format!(
@@ -126,13 +126,19 @@ pub fn parse_patch(text: &str, default_name: &str) -> Result<MemoryPatch, PatchE
             .and_then(Value::as_str)
             .unwrap_or(default_name)
             .to_string();
-        (spec, name)
+        (true, name)
     } else if get("ops").is_some() {
-        (&doc, default_name.to_string())
+        (false, default_name.to_string())
     } else {
         return Err(PatchError::Document(
             "no `spec` and no `ops`: not a MemoryPatch".into(),
         ));
+    };
+    // Taken out by value: a large patch is not copied op by op.
+    let spec_v = if full {
+        doc.get_mut("spec").map(std::mem::take).unwrap_or_default()
+    } else {
+        doc
     };
     let spec = parse_spec(spec_v)?;
     validate_spec(&spec)?;
@@ -145,8 +151,8 @@ fn value_str(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn parse_spec(v: &Value) -> Result<MemoryPatchSpec, PatchError> {
-    let Value::Mapping(m) = v else {
+fn parse_spec(v: Value) -> Result<MemoryPatchSpec, PatchError> {
+    let Value::Mapping(mut m) = v else {
         return Err(PatchError::Document("spec: must be a mapping".into()));
     };
     let field = |k: &str| m.get(Value::String(k.into()));
@@ -176,10 +182,10 @@ fn parse_spec(v: &Value) -> Result<MemoryPatchSpec, PatchError> {
             )))
         }
     };
-    let ops_v = match field("ops") {
+    let ops_v = match m.remove("ops") {
         None => return Err(PatchError::Document("spec.ops: missing".into())),
         Some(Value::Null) => Vec::new(),
-        Some(Value::Sequence(s)) => s.clone(),
+        Some(Value::Sequence(s)) => s,
         Some(_) => return Err(PatchError::Document("spec.ops: must be a list".into())),
     };
     let mut ops = Vec::with_capacity(ops_v.len());
@@ -234,7 +240,7 @@ fn parse_op(index: usize, v: Value) -> Result<PatchOp, PatchError> {
             ));
         }
     }
-    serde_yaml::from_value(v.clone()).map_err(|e| PatchError::op(index, kind, e.to_string()))
+    serde_yaml::from_value(v).map_err(|e| PatchError::op(index, kind, e.to_string()))
 }
 
 /// Whether `s` is an entry id: 12 lowercase hex digits.

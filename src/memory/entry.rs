@@ -246,7 +246,9 @@ pub fn parse(text: &str) -> MemoryFile {
         // An entry starts here.
         let first = i;
         let marker = list_marker(bare);
-        let mut in_fence = is_fence(bare);
+        // A fence may open right after the list marker (`- ```sh`).
+        let mut in_fence = is_fence(bare)
+            || marker.is_some_and(|(_, len)| is_fence(bare.get(len..).unwrap_or("")));
         i += 1;
         while i < lines.len() {
             let l = lines[i].1.trim_end_matches(['\r', '\n']);
@@ -381,6 +383,13 @@ mod tests {
             f.entries().nth(3).unwrap().section.as_deref(),
             Some("Other")
         );
+    }
+
+    #[test]
+    fn fence_after_list_marker() {
+        let f = parse("- ```\n  code\n  ```\n- next\n");
+        let texts: Vec<_> = f.entries().map(|e| e.text.clone()).collect();
+        assert_eq!(texts, vec!["```\ncode\n```", "next"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::entry::{is_heading, parse, render_entry, Block, Entry, EntryStyle, META_OPEN};
 use super::layout::{check_memory_path, resolve_no_symlinks, PathError};
-use super::patch::{check_content, kind_name, normalise_content, split_ref};
+use super::patch::{check_content, kind_name, normalise_content, split_ref, SENTINEL};
 use super::store::{read_optional, Store, StoreError};
 use crate::api::memorypatch::{MemoryPatchSpec, OpKind, PatchOp};
 
@@ -296,11 +296,19 @@ impl Doc {
 }
 
 /// Parses a rendered entry back and checks it is one entry holding `content`.
+/// A sentinel item after it must stay a separate entry, so the new text
+/// cannot swallow what follows it in the file.
 fn single_entry(raw: &str, content: &str) -> Result<Entry, String> {
-    let file = parse(raw);
+    let sep = if raw.ends_with('\n') { "" } else { "\n" };
+    let file = parse(&format!("{raw}{sep}{SENTINEL}"));
     let entries: Vec<&Entry> = file.entries().collect();
     match entries.as_slice() {
-        [one] if one.text == normalise_content(content) => Ok((*one).clone()),
+        [one, sentinel]
+            if one.text == normalise_content(content)
+                && format!("- {}\n", sentinel.text) == SENTINEL =>
+        {
+            Ok((*one).clone())
+        }
         _ => Err(
             "content cannot be written as one entry in this place (it would split or change)"
                 .into(),
@@ -634,9 +642,12 @@ mod tests {
             out,
             "* A\n  more <!-- reverie: {\"hits\":2} -->\n\nPara\n\n1. ONE\n"
         );
-        let mut d = Doc::new(Some("Para\n".into()));
+        let mut d = Doc::new(Some("Para\n\n- after\n".into()));
         let n = d.find(&entry_id("Para")).unwrap();
         assert!(d.update(n, "x\n- y").is_err());
+        // An unclosed fence in a paragraph would swallow the entries below.
+        assert!(d.update(n, "```\nunclosed").is_err());
+        assert!(d.update(n, "```\nclosed\n```").is_ok());
     }
 
     #[test]

@@ -18,6 +18,11 @@ use crate::api::memorypatch::{LocalRef, MemoryPatch, MemoryPatchSpec, OpKind, Pa
 /// Largest content of one op, in bytes.
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 
+/// A list item placed after rendered content to check that the content
+/// ends where it should.
+pub(crate) const SENTINEL: &str = "- reverie-sentinel-entry\n";
+const SENTINEL_TEXT: &str = "reverie-sentinel-entry";
+
 /// The fields a patch op may carry (camelCase, as serialised).
 const OP_FIELDS: &[&str] = &[
     "op",
@@ -292,8 +297,15 @@ pub fn check_content(content: &str) -> Result<(), String> {
         ));
     }
     let rendered = render_entry(content, EntryStyle::ListItem, "-", None);
-    let file = parse(&format!("{rendered}\n"));
-    let entries: Vec<_> = file.entries().collect();
+    // A sentinel item after the entry must stay separate: content with an
+    // unclosed code fence would otherwise swallow the entries below it.
+    let file = parse(&format!("{rendered}\n{SENTINEL}"));
+    let mut entries: Vec<_> = file.entries().collect();
+    if entries.last().is_some_and(|e| e.text == SENTINEL_TEXT) {
+        entries.pop();
+    } else {
+        return Err("content would swallow the entries after it (an unclosed code fence?)".into());
+    }
     match entries.as_slice() {
         [one] if one.meta_raw.is_none() && one.text == normalise_content(content) => Ok(()),
         [one] if one.meta_raw.is_some() => {
@@ -508,6 +520,8 @@ mod tests {
         assert!(check_content("x\n## Heading").is_err());
         assert!(check_content("a\n- b").is_ok());
         assert!(check_content("a\n---").is_err());
+        assert!(check_content("```\nunclosed").is_err());
+        assert!(check_content("```\nclosed\n```").is_ok());
         assert!(check_content("x <!-- reverie: {} -->").is_err());
         assert!(check_content(&"x".repeat(MAX_CONTENT_BYTES + 1)).is_err());
     }

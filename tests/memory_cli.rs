@@ -333,6 +333,18 @@ fn reapply_is_a_noop_and_log_and_rollback_work() {
         &[],
     );
     assert!(table.stdout.contains("already applied"), "{}", table.stdout);
+    let d = reverie(
+        &[
+            "memory",
+            "diff",
+            "--store",
+            s.path().to_str().unwrap(),
+            p.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!((d.code, d.stdout.as_str()), (Some(0), ""));
+    assert!(d.stderr.contains("already applied"), "{}", d.stderr);
     assert_eq!(snapshot(s.path(), "memories"), applied);
 
     let store_arg = s.path().to_str().unwrap();
@@ -535,4 +547,38 @@ fn large_patch_applies() {
     assert_eq!(v["entries"], n + 9);
     println!("applied a {n}-op patch in {:.2?}", took);
     eprintln!("applied a {n}-op patch in {:.2?}", took);
+}
+
+#[test]
+fn help_and_argument_errors() {
+    for sub in ["apply", "diff", "log", "rollback"] {
+        let r = reverie(&["memory", sub, "--help"], &[]);
+        assert_eq!(r.code, Some(0), "{sub}: {}", r.stderr);
+        assert!(r.stdout.contains("--store"), "{sub}: {}", r.stdout);
+    }
+    let s = store();
+    let store_arg = s.path().to_str().unwrap();
+    // Missing --to, a missing patch file, and a directory that is not a store.
+    assert_eq!(
+        reverie(&["memory", "rollback", "--store", store_arg], &[]).code,
+        Some(2)
+    );
+    let r = reverie(
+        &[
+            "memory",
+            "apply",
+            "--store",
+            store_arg,
+            "/nonexistent/p.yaml",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let empty = tempfile::tempdir().unwrap();
+    let r = reverie(
+        &["memory", "log", "--store", empty.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("memories"), "{}", r.stderr);
 }

@@ -530,4 +530,34 @@ mod tests {
         assert_eq!(read(&s, "a.md"), "## P\n- x both\n");
         assert_eq!(read(&s, "b.md"), "## Shared\n- s\n- keep\n");
     }
+
+    #[test]
+    fn move_without_section_keeps_its_section() {
+        let (_d, s) = store(&[("a.md", "## Tips\n* one\n\n## Other\n- two\n")]);
+        let one = crate::memory::entry_id("one");
+        let two = crate::memory::entry_id("two");
+        let p = parse_patch(
+            &format!("ops:\n- {{op: move, path: a.md, id: {one}, to: b.md, reason: stale}}\n- {{op: move, path: a.md, id: {two}, to: a.md, section: Tips, reason: stale}}\n"),
+            "p",
+        )
+        .unwrap();
+        let out = apply_at(&s, &p, now()).unwrap();
+        assert_eq!(out.files_changed, vec!["a.md", "b.md"]);
+        assert_eq!(read(&s, "a.md"), "## Tips\n- two\n\n## Other\n");
+        assert_eq!(read(&s, "b.md"), "## Tips\n\n* one\n");
+        // The journal holds the inverse ops, last op first.
+        let rec = crate::memory::journal::read_record(&s, 1).unwrap().unwrap();
+        let inv: Vec<_> = rec
+            .inverse_ops
+            .iter()
+            .map(|o| (o.path.clone(), o.to.clone(), o.section.clone()))
+            .collect();
+        assert_eq!(
+            inv,
+            vec![
+                ("a.md".into(), Some("a.md".into()), Some("Other".into())),
+                ("b.md".into(), Some("a.md".into()), Some("Tips".into())),
+            ]
+        );
+    }
 }

@@ -186,6 +186,12 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         f.write_all(data).map_err(|e| StoreError::io(&tmp, e))?;
+        // The replacement keeps the mode of the file it replaces (a volume
+        // may rely on group permissions).
+        if let Ok(md) = std::fs::metadata(path) {
+            f.set_permissions(md.permissions())
+                .map_err(|e| StoreError::io(&tmp, e))?;
+        }
         f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
@@ -220,6 +226,20 @@ mod tests {
         let s = Store::open(d.path()).unwrap();
         assert_eq!(s.revision().unwrap(), 0);
         assert_eq!(s.stats().unwrap(), StoreStats::default());
+    }
+
+    #[test]
+    fn atomic_write_keeps_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.md");
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert!(!temp_path(&p).exists());
     }
 
     #[test]

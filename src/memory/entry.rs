@@ -71,7 +71,7 @@ pub struct Entry {
 
 /// A piece of a file.
 // Most blocks of a memory file are entries, so boxing the large variant
-// would add an allocation per entry to save space on the few raw blocks.
+// would add an allocation to nearly every block for no saving.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Block {
@@ -110,7 +110,9 @@ impl MemoryFile {
     }
 }
 
-fn is_heading(line: &str) -> Option<String> {
+/// The text of an ATX heading line (`## Deploys` → `Deploys`), or `None` when
+/// the line is not a heading. Patch apply uses it to find sections.
+pub fn is_heading(line: &str) -> Option<String> {
     let t = line.trim_start();
     if line.len() - t.len() > 3 || !t.starts_with('#') {
         return None;
@@ -247,7 +249,9 @@ pub fn parse(text: &str) -> MemoryFile {
         // An entry starts here.
         let first = i;
         let marker = list_marker(bare);
-        let mut in_fence = is_fence(bare);
+        // A fence may open right after the list marker (`- ```sh`).
+        let mut in_fence = is_fence(bare)
+            || marker.is_some_and(|(_, len)| is_fence(bare.get(len..).unwrap_or("")));
         i += 1;
         while i < lines.len() {
             let l = lines[i].1.trim_end_matches(['\r', '\n']);
@@ -382,6 +386,13 @@ mod tests {
             f.entries().nth(3).unwrap().section.as_deref(),
             Some("Other")
         );
+    }
+
+    #[test]
+    fn fence_after_list_marker() {
+        let f = parse("- ```\n  code\n  ```\n- next\n");
+        let texts: Vec<_> = f.entries().map(|e| e.text.clone()).collect();
+        assert_eq!(texts, vec!["```\ncode\n```", "next"]);
     }
 
     #[test]

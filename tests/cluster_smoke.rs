@@ -1,0 +1,442 @@
+//! Smoke test of the test control plane and the test node: what every other cluster
+//! test relies on. Needs go + openssl (the control plane is built by
+//! `hack/control-plane.sh` on first use).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::node::TestNode;
+use common::{eventually, ControlPlane};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams};
+
+/// Waits until pod `ns/name` reaches a terminal phase; returns it.
+async fn finished_pod(cp: &ControlPlane, ns: &str, name: &str, timeout: Duration) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(cp.client(), ns);
+    eventually(&format!("pod {ns}/{name} to finish"), timeout, || async {
+        let pod = pods.get_opt(name).await.map_err(|e| e.to_string())?;
+        let phase = pod
+            .as_ref()
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        match pod {
+            Some(p) if phase == "Succeeded" || phase == "Failed" => Ok(p),
+            _ => Err(format!("phase {phase:?}")),
+        }
+    })
+    .await
+}
+
+/// `(exitCode, reason, message)` of the first container's terminated state.
+fn terminated(pod: &Pod) -> (i32, String, String) {
+    let st = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    match st {
+        Some(t) => (
+            t.exit_code,
+            t.reason.clone().unwrap_or_default(),
+            t.message.clone().unwrap_or_default(),
+        ),
+        None => panic!("pod has no terminated container status: {:?}", pod.status),
+    }
+}
+
+fn phase(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+fn pod_yaml(name: &str, script: &str, extra_spec: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  restartPolicy: Never
+{extra_spec}  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", {script:?}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_starts_and_is_ready() {
+    let cp = ControlPlane::shared().await;
+    eprintln!("control plane cold start: {:?}", cp.start_duration);
+    let readyz = cp.kubectl_ok(&["get", "--raw", "/readyz"]);
+    assert_eq!(readyz.trim(), "ok");
+    let version = cp.kubectl_ok(&["version", "-o", "json"]);
+    assert!(version.contains("v1.37.2"), "unexpected version: {version}");
+    // The approval policy of the chart needs ValidatingAdmissionPolicy served.
+    let resources = cp.kubectl_ok(&[
+        "api-resources",
+        "--api-group=admissionregistration.k8s.io",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        resources.contains("validatingadmissionpolicies"),
+        "ValidatingAdmissionPolicy is not served: {resources}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_gets_default_service_account() {
+    let cp = ControlPlane::shared().await;
+    let ns = cp.create_namespace("smoke-sa").await;
+    let sas: Api<ServiceAccount> = Api::namespaced(cp.client(), &ns);
+    let sa = sas.get("default").await;
+    assert!(sa.is_ok(), "default ServiceAccount missing in {ns}: {sa:?}");
+    // The kube-root-ca.crt ConfigMap backs the projected token volume of pods.
+    eventually(
+        "ConfigMap kube-root-ca.crt",
+        Duration::from_secs(20),
+        || async {
+            let out = cp.kubectl(&["get", "configmap", "kube-root-ca.crt", "-n", &ns]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_writes_to_its_pvc_and_completes() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-job").await;
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: work
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: write-ok
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: busybox
+        command: ["sh", "-c", "echo ok > /data/out"]
+        volumeMounts:
+        - {name: work, mountPath: /data}
+      volumes:
+      - name: work
+        persistentVolumeClaim: {claimName: work}
+"#,
+    );
+    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
+    eventually(
+        "job write-ok to complete",
+        Duration::from_secs(60),
+        || async {
+            let job = jobs.get("write-ok").await.map_err(|e| e.to_string())?;
+            let conds = job.status.and_then(|s| s.conditions).unwrap_or_default();
+            if let Some(c) = conds
+                .iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+            {
+                panic!("job write-ok failed: {:?}", c.message);
+            }
+            if conds
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+            {
+                Ok(())
+            } else {
+                Err(format!("conditions {conds:?}"))
+            }
+        },
+    )
+    .await;
+    let out = std::fs::read_to_string(node.pvc_dir(&ns, "work").join("out"));
+    assert_eq!(out.ok().as_deref(), Some("ok\n"));
+    assert_eq!(cp.pvc_dir(&ns, "work"), node.pvc_dir(&ns, "work"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_pod_reports_exit_code_and_termination_message() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-fail").await;
+    cp.apply_yaml(
+        &ns,
+        &pod_yaml(
+            "fails",
+            "echo 'the store is locked' > /dev/termination-log; echo to-log; exit 3",
+            "",
+        ),
+    );
+    cp.apply_yaml(
+        &ns,
+        &format!(
+            "{}    terminationMessagePolicy: FallbackToLogsOnError\n",
+            pod_yaml(
+                "fails-logs",
+                "echo first; echo 'last words' >&2; exit 4",
+                ""
+            )
+        ),
+    );
+    let pod = finished_pod(cp, &ns, "fails", Duration::from_secs(60)).await;
+    assert_eq!(phase(&pod), "Failed");
+    assert_eq!(
+        terminated(&pod),
+        (3, "Error".to_string(), "the store is locked\n".to_string())
+    );
+    assert_eq!(
+        node.container_log(&ns, "fails", "main").ok().as_deref(),
+        Some("to-log\n")
+    );
+
+    let pod = finished_pod(cp, &ns, "fails-logs", Duration::from_secs(60)).await;
+    assert_eq!(phase(&pod), "Failed");
+    let (code, reason, message) = terminated(&pod);
+    assert_eq!((code, reason.as_str()), (4, "Error"));
+    assert!(message.contains("last words"), "message: {message:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_uses_its_service_account_under_rbac() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-rbac").await;
+    let script = "kubectl get pods -o name";
+    cp.apply_yaml(&ns, &pod_yaml("denied", script, ""));
+    let pod = finished_pod(cp, &ns, "denied", Duration::from_secs(60)).await;
+    let log = node
+        .container_log(&ns, "denied", "main")
+        .unwrap_or_default();
+    assert_eq!(phase(&pod), "Failed", "log: {log}");
+    assert!(
+        log.contains("forbidden") && log.contains(&format!("system:serviceaccount:{ns}:default")),
+        "expected an RBAC denial for the default service account, got: {log}"
+    );
+
+    cp.apply_yaml(
+        &ns,
+        &format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: pod-reader
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: pod-reader
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects:
+- {{kind: ServiceAccount, name: default, namespace: {ns}}}
+"#
+        ),
+    );
+    cp.apply_yaml(&ns, &pod_yaml("allowed", script, ""));
+    let pod = finished_pod(cp, &ns, "allowed", Duration::from_secs(60)).await;
+    let log = node
+        .container_log(&ns, "allowed", "main")
+        .unwrap_or_default();
+    assert_eq!(phase(&pod), "Succeeded", "log: {log}");
+    assert!(log.contains("pod/allowed"), "kubectl output: {log}");
+
+    // Impersonation sees the same RBAC.
+    let sa_user = format!("system:serviceaccount:{ns}:default");
+    let out = cp.kubectl_as(&sa_user, &[], &["auth", "can-i", "list", "pods", "-n", &ns]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    let out = cp.kubectl_as(
+        &sa_user,
+        &[],
+        &["auth", "can-i", "delete", "pods", "-n", &ns],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let pods: Api<Pod> = Api::namespaced(cp.client_as(&sa_user, &[]), &ns);
+    assert!(pods.list(&ListParams::default()).await.is_ok());
+    assert!(pods
+        .delete("allowed", &DeleteParams::default())
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_env_volumes_deadline_and_deletion() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-env").await;
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {token: s3cret}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {mode: fast, file.txt: from-configmap}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: env}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: init
+    image: busybox
+    command: ["sh", "-c", "echo init > /scratch/init"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  containers:
+  - name: main
+    image: busybox
+    workingDir: /scratch
+    command: ["sh", "-c"]
+    args: ["echo \"$TOKEN $MODE $POD $NS $(cat init) $(cat /etc/cfg/file.txt)\" > /out/env; test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo \"$REVERIE_PATH_MAP\" | grep -q '/out='"]
+    env:
+    - {name: TOKEN, valueFrom: {secretKeyRef: {name: creds, key: token}}}
+    - {name: MODE, valueFrom: {configMapKeyRef: {name: cfg, key: mode}}}
+    - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+    - {name: out, mountPath: /out}
+    - {name: cfg, mountPath: /etc/cfg}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: out, persistentVolumeClaim: {claimName: out}}
+  - {name: cfg, configMap: {name: cfg}}
+"#,
+    );
+    cp.apply_yaml(
+        &ns,
+        &pod_yaml("deadline", "sleep 300", "  activeDeadlineSeconds: 2\n"),
+    );
+    cp.apply_yaml(&ns, &pod_yaml("deleted", "sleep 300", ""));
+
+    let pod = finished_pod(cp, &ns, "env", Duration::from_secs(60)).await;
+    let log = node.container_log(&ns, "env", "main").unwrap_or_default();
+    assert_eq!(
+        phase(&pod),
+        "Succeeded",
+        "log: {log}, status: {:?}",
+        pod.status
+    );
+    let env = std::fs::read_to_string(node.pvc_dir(&ns, "out").join("env")).unwrap_or_default();
+    assert_eq!(env, format!("s3cret fast env {ns} init from-configmap\n"));
+
+    let pod = finished_pod(cp, &ns, "deadline", Duration::from_secs(30)).await;
+    assert_eq!(phase(&pod), "Failed");
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("DeadlineExceeded")
+    );
+
+    let pods: Api<Pod> = Api::namespaced(cp.client(), &ns);
+    eventually("pod deleted to run", Duration::from_secs(30), || async {
+        let p = pods.get("deleted").await.map_err(|e| e.to_string())?;
+        if phase(&p) == "Running" {
+            Ok(())
+        } else {
+            Err(phase(&p))
+        }
+    })
+    .await;
+    let began = Instant::now();
+    let deleted = pods.delete("deleted", &DeleteParams::default()).await;
+    assert!(deleted.is_ok(), "delete failed: {deleted:?}");
+    eventually(
+        "pod deleted to disappear",
+        Duration::from_secs(30),
+        || async {
+            match pods.get_opt("deleted").await {
+                Ok(None) => Ok(()),
+                Ok(Some(p)) => Err(format!("still there, phase {}", phase(&p))),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "deletion took {:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cronjob_creates_a_job() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-cron").await;
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: every-minute
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      backoffLimit: 0
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - {name: main, image: busybox, command: ["true"]}
+"#,
+    );
+    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
+    // The schedule fires at the next minute boundary: up to ~60 s.
+    eventually(
+        "the CronJob to create a Job",
+        Duration::from_secs(90),
+        || async {
+            let list = jobs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let owned = list.items.iter().any(|j| {
+                j.metadata.owner_references.as_ref().is_some_and(|o| {
+                    o.iter()
+                        .any(|r| r.kind == "CronJob" && r.name == "every-minute")
+                })
+            });
+            if owned {
+                Ok(())
+            } else {
+                Err(format!("{} jobs", list.items.len()))
+            }
+        },
+    )
+    .await;
+}

@@ -319,7 +319,7 @@ spec:
     image: busybox
     workingDir: /scratch
     command: ["sh", "-c"]
-    args: ["echo \"$TOKEN $MODE $POD $NS $(cat init) $(cat /etc/cfg/file.txt)\" > /out/env; test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo \"$REVERIE_PATH_MAP\" | grep -q '/out='"]
+    args: ["echo \"$TOKEN $MODE $POD $NS $(cat init) $(cat /etc/cfg/file.txt)\" > /out/env; echo \"$REVERIE_PATH_MAP\" > /out/map; test -s /var/run/secrets/kubernetes.io/serviceaccount/token"]
     env:
     - {name: TOKEN, valueFrom: {secretKeyRef: {name: creds, key: token}}}
     - {name: MODE, valueFrom: {configMapKeyRef: {name: cfg, key: mode}}}
@@ -351,6 +351,12 @@ spec:
     );
     let env = std::fs::read_to_string(node.pvc_dir(&ns, "out").join("env")).unwrap_or_default();
     assert_eq!(env, format!("s3cret fast env {ns} init from-configmap\n"));
+    let map = std::fs::read_to_string(node.pvc_dir(&ns, "out").join("map")).unwrap_or_default();
+    let out_entry = format!("/out={}", node.pvc_dir(&ns, "out").display());
+    assert!(
+        map.trim().split(':').any(|e| e == out_entry),
+        "REVERIE_PATH_MAP {map:?} lacks {out_entry:?}"
+    );
 
     let pod = finished_pod(cp, &ns, "deadline", Duration::from_secs(30)).await;
     assert_eq!(phase(&pod), "Failed");

@@ -37,24 +37,28 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Shell watchdog wrapped around every long-running process started by the tests.
 ///
-/// Runs `"$@"` in the background inside its own process group (the caller makes the
-/// `sh` a group leader), exits with the child's status when it ends, and kills the whole
-/// group when the test process (`REVERIE_TEST_PID`) disappears — statics are never
-/// dropped, so this is what stops servers and pods when a test binary exits or panics.
+/// Runs `"$@"` as a child, waits for it and exits with its status. A guard subshell
+/// kills the whole process group (the caller makes this `sh` a group leader) with TERM,
+/// then KILL 2 s later, once the test process (`REVERIE_TEST_PID`) or this `sh` is gone —
+/// statics are never dropped, so this is what stops servers and pods when a test binary
+/// exits or panics. The guard ignores TERM so that a group-wide TERM (from the test node,
+/// or its own) is always followed by the KILL. (Polling the child with `kill -0`
+/// instead of `wait` would not work: a zombie still answers it.)
 pub(crate) const WATCHDOG: &str = r#"
 "$@" &
 child=$!
-trap 'kill -TERM $child 2>/dev/null; wait $child; exit $?' TERM INT
-while kill -0 "$REVERIE_TEST_PID" 2>/dev/null; do
-  if ! kill -0 $child 2>/dev/null; then
-    wait $child
-    exit $?
-  fi
-  sleep 0.5
-done
-kill -TERM -- -$$ 2>/dev/null
-sleep 2
-kill -KILL -- -$$ 2>/dev/null
+(
+  trap '' TERM
+  while kill -0 "$REVERIE_TEST_PID" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 1; done
+  kill -TERM -$$ 2>/dev/null
+  sleep 2
+  kill -KILL -$$ 2>/dev/null
+) </dev/null >/dev/null 2>&1 &
+guard=$!
+wait $child
+code=$?
+kill -KILL $guard 2>/dev/null
+exit $code
 "#;
 
 /// Removes the temporary directory once the test process is gone (after the servers).
@@ -216,6 +220,9 @@ impl ControlPlane {
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
+                // The default reconciler refuses a loopback advertise address; nothing
+                // in the tests needs the `kubernetes` Service endpoints.
+                "--endpoint-reconciler-type=none".into(),
                 format!("--secure-port={api_port}"),
                 format!("--cert-dir={}", dir.join("apiserver-certs").display()),
                 format!("--tls-cert-file={}", p("apiserver.crt")),
@@ -661,7 +668,13 @@ fn kubeconfig_yaml(server: &str, ca: &Path, user: &str, namespace: &str) -> Stri
 }
 
 /// Runs `hack/control-plane.sh` and returns the bin directory it prints last.
+///
+/// `REVERIE_K8S_BIN=<dir>` skips the script and uses that directory as is (e.g. while
+/// the script's lock is held by a long build of an unrelated binary).
 fn ensure_binaries() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("REVERIE_K8S_BIN").filter(|d| !d.is_empty()) {
+        return check_bin_dir(PathBuf::from(dir));
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/control-plane.sh");
     let out = Command::new("bash")
         .arg(&script)
@@ -678,6 +691,10 @@ fn ensure_binaries() -> Result<PathBuf, String> {
         .find(|l| !l.trim().is_empty())
         .map(|l| PathBuf::from(l.trim()))
         .ok_or_else(|| format!("{} printed no bin directory", script.display()))?;
+    check_bin_dir(bin)
+}
+
+fn check_bin_dir(bin: PathBuf) -> Result<PathBuf, String> {
     for b in [
         "etcd",
         "kube-apiserver",

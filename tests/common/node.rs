@@ -277,6 +277,13 @@ async fn register(ctx: &Ctx) -> Result<(), String> {
         Err(kube::Error::Api(ae)) if ae.code == 409 => {}
         Err(e) => return Err(format!("cannot create Node {name}: {e}")),
     }
+    // The TaintNodesByCondition admission plugin taints new nodes not-ready; the node
+    // lifecycle controller that would lift it does not run here.
+    let untaint = json!({"spec": {"taints": null}});
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&untaint))
+        .await
+        .map_err(|e| format!("cannot clear the taints of Node {name}: {e}"))?;
     let resources =
         json!({"cpu": "16", "memory": "64Gi", "pods": "500", "ephemeral-storage": "100Gi"});
     let status = json!({"status": {

@@ -446,3 +446,71 @@ spec:
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crds_install_and_become_established() {
+    let cp = ControlPlane::shared().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.smoke.reverie.dev
+spec:
+  group: smoke.reverie.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties: {size: {type: integer}}
+"#;
+    std::fs::write(dir.path().join("widgets.yaml"), crd).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(dir.path().join("README.md"), "not a manifest")
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let names = cp.install_crds_from(dir.path()).await;
+    assert_eq!(names, vec!["widgets.smoke.reverie.dev".to_string()]);
+    // Idempotent, and the new kind is served right away.
+    assert_eq!(cp.install_crds_from(dir.path()).await, names);
+    let ns = cp.create_namespace("smoke-crd").await;
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: smoke.reverie.dev/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 3}\n",
+    );
+    assert!(cp
+        .kubectl_ok(&["get", "widgets", "-n", &ns, "-o", "name"])
+        .contains("widget.smoke.reverie.dev/w"));
+    // The project's own crds/ (none yet is fine).
+    cp.install_crds().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reverie_command_runs_the_built_binary() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-bin").await;
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: help}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: ghcr.io/example/reverie:dev
+    command: ["/usr/local/bin/reverie"]
+    args: ["--help"]
+"#,
+    );
+    let pod = finished_pod(cp, &ns, "help", Duration::from_secs(60)).await;
+    let log = node.container_log(&ns, "help", "main").unwrap_or_default();
+    assert_eq!(phase(&pod), "Succeeded", "log: {log}");
+    assert!(log.contains("Usage"), "reverie --help printed: {log}");
+}

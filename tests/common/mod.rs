@@ -559,8 +559,14 @@ impl ControlPlane {
 
     /// Server-side applies every file in `crds/` (if any) and waits until each CRD is
     /// Established. Safe to call from many tests: apply is idempotent.
-    pub async fn install_crds(&self) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    pub async fn install_crds(&self) -> Vec<String> {
+        self.install_crds_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+            .await
+    }
+
+    /// [`ControlPlane::install_crds`] for another directory; returns the CRD names
+    /// (empty when the directory is missing or holds no YAML/JSON file).
+    pub async fn install_crds_from(&self, dir: &Path) -> Vec<String> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -569,10 +575,10 @@ impl ControlPlane {
                         .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
                 })
                 .collect(),
-            Err(_) => return,
+            Err(_) => return Vec::new(),
         };
         if files.is_empty() {
-            return;
+            return Vec::new();
         }
         files.sort();
         let mut names = Vec::new();
@@ -598,9 +604,9 @@ impl ControlPlane {
         }
         let api: Api<CustomResourceDefinition> = Api::all(self.client());
         let deadline = Instant::now() + Duration::from_secs(30);
-        for name in names {
+        for name in &names {
             loop {
-                let established = api.get_opt(&name).await.ok().flatten().is_some_and(|crd| {
+                let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
                     crd.status
                         .and_then(|s| s.conditions)
                         .unwrap_or_default()
@@ -617,6 +623,7 @@ impl ControlPlane {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        names
     }
 
     /// Directory that backs PersistentVolumeClaim `claim` of namespace `ns` for every

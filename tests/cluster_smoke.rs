@@ -514,3 +514,63 @@ spec:
     assert_eq!(phase(&pod), "Succeeded", "log: {log}");
     assert!(log.contains("Usage"), "reverie --help printed: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployment_pod_keeps_running_until_scaled_down() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-deploy").await;
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: ["sh", "-c", "echo up; exec sleep 300"]
+"#,
+    );
+    let pods: Api<Pod> = Api::namespaced(cp.client(), &ns);
+    let lp = ListParams::default().labels("app=server");
+    let name = eventually(
+        "the Deployment's pod to run",
+        Duration::from_secs(60),
+        || async {
+            let list = pods.list(&lp).await.map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|p| phase(p) == "Running")
+                .and_then(|p| p.metadata.name.clone())
+                .ok_or_else(|| format!("{} pods, none Running", list.items.len()))
+        },
+    )
+    .await;
+    eventually("the pod's log", Duration::from_secs(10), || async {
+        match node.container_log(&ns, &name, "main") {
+            Ok(log) if log == "up\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cp.kubectl_ok(&["scale", "deployment/server", "--replicas=0", "-n", &ns]);
+    eventually(
+        "the Deployment's pod to go away",
+        Duration::from_secs(30),
+        || async {
+            let list = pods.list(&lp).await.map_err(|e| e.to_string())?;
+            if list.items.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} pods left", list.items.len()))
+            }
+        },
+    )
+    .await;
+}

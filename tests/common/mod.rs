@@ -127,7 +127,9 @@ pub struct ControlPlane {
     pub start_duration: Duration,
 }
 
-static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
+/// The start result is kept, so that after a failed start every other test of the
+/// binary fails at once with the same message instead of trying again.
+static SHARED: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
 
 impl ControlPlane {
     /// The control plane of this test binary, started on first use.
@@ -135,14 +137,11 @@ impl ControlPlane {
     /// Panics with a message naming the failing step (and the server's last log lines)
     /// when the control plane cannot start: there is nothing a test could do instead.
     pub async fn shared() -> &'static ControlPlane {
-        SHARED
-            .get_or_init(|| async {
-                match ControlPlane::start().await {
-                    Ok(cp) => cp,
-                    Err(e) => panic!("test control plane failed to start: {e}"),
-                }
-            })
-            .await
+        let started = SHARED.get_or_init(ControlPlane::start).await;
+        match started {
+            Ok(cp) => cp,
+            Err(e) => panic!("test control plane failed to start: {e}"),
+        }
     }
 
     /// Starts a new control plane (most tests want [`ControlPlane::shared`]).

@@ -240,6 +240,33 @@ impl ControlPlane {
                 "--enable-priority-and-fairness=false".into(),
             ],
         )?);
+        let km = kubeconfig.display().to_string();
+        let kcm_args = [
+            format!("--kubeconfig={km}"),
+            format!("--authentication-kubeconfig={km}"),
+            format!("--authorization-kubeconfig={km}"),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=0".into(),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            "--leader-elect=false".into(),
+            // Only what the tests need: every extra controller adds start-up time on a
+            // loaded machine (the full set takes ~10 s). No kubelet runs, so no node
+            // lifecycle or IPAM controller; the PVC/PV protection controllers lift the
+            // finalizers that admission puts on claims, so namespaces can be deleted.
+            "--controllers=garbage-collector-controller,job-controller,cronjob-controller,\
+             ttl-after-finished-controller,serviceaccount-controller,\
+             serviceaccount-token-controller,root-ca-certificate-publisher-controller,\
+             namespace-controller,deployment-controller,replicaset-controller,\
+             pod-garbage-collector-controller,persistentvolumeclaim-protection-controller,\
+             persistentvolume-protection-controller,clusterrole-aggregation-controller,\
+             validatingadmissionpolicy-status-controller"
+                .into(),
+            "--concurrent-job-syncs=10".into(),
+        ];
+        // Started before the apiserver is ready so that their start-ups overlap; if it
+        // gave up waiting for the apiserver, it is started again below.
+        let mut kcm = spawn_server("kube-controller-manager", &bin, &dir, &kcm_args)?;
         let config = Kubeconfig::read_from(&kubeconfig)
             .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
         let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
@@ -257,28 +284,9 @@ impl ControlPlane {
             start_duration: Duration::ZERO,
         };
         cp.wait_ready().await?;
-
-        let km = cp.kubeconfig.display().to_string();
-        let kcm = spawn_server(
-            "kube-controller-manager",
-            &cp.bin,
-            &cp.dir,
-            &[
-                format!("--kubeconfig={km}"),
-                format!("--authentication-kubeconfig={km}"),
-                format!("--authorization-kubeconfig={km}"),
-                "--bind-address=127.0.0.1".into(),
-                "--secure-port=0".into(),
-                format!("--service-account-private-key-file={}", p("sa.key")),
-                format!("--root-ca-file={}", p("ca.crt")),
-                "--use-service-account-credentials=true".into(),
-                "--leader-elect=false".into(),
-                // No kubelet runs: the node lifecycle controller would taint the test
-                // node, and node IPAM has no pod CIDRs to hand out.
-                "--controllers=*,-node-ipam-controller,-node-lifecycle-controller".into(),
-                "--concurrent-job-syncs=10".into(),
-            ],
-        )?;
+        if let Ok(Some(_)) = kcm.child.try_wait() {
+            kcm = spawn_server("kube-controller-manager", &cp.bin, &cp.dir, &kcm_args)?;
+        }
         cp.lock_servers().push(kcm);
         cp.wait_controller_manager().await?;
         let mut cp = cp;
@@ -769,6 +777,19 @@ fn openssl(dir: &Path, step: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// `openssl genpkey` arguments for a P-256 key in PKCS#8 (read by Go, rustls, openssl).
+fn ec_key(out: &str) -> [&str; 7] {
+    [
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        out,
+    ]
+}
+
 /// CA, apiserver serving cert, admin client cert (`O=system:masters`), SA key pair.
 fn make_pki(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -777,13 +798,14 @@ fn make_pki(dir: &Path) -> Result<(), String> {
     };
     write(
         "server.ext",
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n",
     )?;
     write(
         "client.ext",
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
     )?;
-    openssl(dir, "CA key", &["genrsa", "-out", "ca.key", "2048"])?;
+    // P-256 keys: generating RSA keys costs seconds on a loaded machine.
+    openssl(dir, "CA key", &ec_key("ca.key"))?;
     openssl(
         dir,
         "CA certificate",
@@ -812,11 +834,7 @@ fn make_pki(dir: &Path) -> Result<(), String> {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let crt = format!("{name}.crt");
-        openssl(
-            dir,
-            &format!("{name} key"),
-            &["genrsa", "-out", &key, "2048"],
-        )?;
+        openssl(dir, &format!("{name} key"), &ec_key(&key))?;
         openssl(
             dir,
             &format!("{name} CSR"),
@@ -844,15 +862,11 @@ fn make_pki(dir: &Path) -> Result<(), String> {
             ],
         )?;
     }
-    openssl(
-        dir,
-        "service-account key",
-        &["genrsa", "-out", "sa.key", "2048"],
-    )?;
+    openssl(dir, "service-account key", &ec_key("sa.key"))?;
     openssl(
         dir,
         "service-account public key",
-        &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
+        &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
     )?;
     Ok(())
 }

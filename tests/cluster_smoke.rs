@@ -574,3 +574,16 @@ spec:
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_reaches_the_control_plane() {
+    let cp = ControlPlane::shared().await;
+    let ns = cp.create_namespace("smoke-helm").await;
+    let out = cp.helm(&["list", "-n", &ns, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "helm list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}

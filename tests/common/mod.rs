@@ -6,6 +6,24 @@
 //! binary. No scheduler and no kubelet run: [`node::TestNode`] binds pods and runs
 //! their containers as local processes.
 //!
+//! ```ignore
+//! mod common;
+//! use common::{node::TestNode, ControlPlane};
+//!
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn my_test() {
+//!     let cp = ControlPlane::shared().await;
+//!     let node = TestNode::shared().await; // only when pods must run
+//!     cp.install_crds().await;
+//!     let ns = cp.create_namespace("my-test").await;
+//!     cp.apply_yaml(&ns, "…");
+//!     // cp.client(), cp.client_as(user, groups), cp.kubectl(&[…]), node.pvc_dir(&ns, "claim")
+//! }
+//! ```
+//!
+//! Environment: `REVERIE_TEST_KEEP=1` keeps the temp dir (path printed on stderr);
+//! `REVERIE_K8S_BIN=<dir>` uses prebuilt binaries instead of running the script.
+//!
 //! Teardown: a `static` is never dropped, so every server runs under a small `sh`
 //! watchdog that kills its process group once the test binary's PID is gone, and a
 //! last watchdog removes the temporary directory (unless `REVERIE_TEST_KEEP=1`).
@@ -466,6 +484,23 @@ impl ControlPlane {
         }
     }
 
+    /// Runs the built helm against this control plane (`--kubeconfig`, and a helm
+    /// home under the temp dir so tests never touch the user's helm config).
+    pub fn helm<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        let home = self.dir.join("helm");
+        let mut cmd = Command::new(self.bin.join("helm"));
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        match cmd.output() {
+            Ok(out) => out,
+            Err(e) => panic!("cannot run {}: {e}", self.bin.join("helm").display()),
+        }
+    }
+
     /// Like [`ControlPlane::kubectl`], but panics with stdout/stderr when kubectl fails;
     /// returns stdout.
     pub fn kubectl_ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
@@ -574,7 +609,7 @@ impl ControlPlane {
     /// [`ControlPlane::install_crds`] for another directory; returns the CRD names
     /// (empty when the directory is missing or holds no YAML/JSON file).
     pub async fn install_crds_from(&self, dir: &Path) -> Vec<String> {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {

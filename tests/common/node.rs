@@ -562,6 +562,7 @@ fn terminated_status(c: &Container, exit: &Exit, restarts: u32) -> serde_json::V
                                     "containerID": cid}}})
 }
 
+/// Runs one pod from start to a terminal phase, reporting status on the way.
 async fn run_pod(
     ctx: &Arc<Ctx>,
     pod: Pod,
@@ -572,7 +573,6 @@ async fn run_pod(
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let Some(spec) = pod.spec.clone() else { return };
-    let start_time = now();
     let dir = ctx
         .env
         .dir
@@ -581,11 +581,7 @@ async fn run_pod(
         .join(format!("{name}-{}", &uid[..uid.len().min(8)]));
     lock(&ctx.pod_dirs).insert((ns.clone(), name.clone()), dir.clone());
 
-    let waiting: Vec<_> = spec
-        .containers
-        .iter()
-        .map(|c| waiting_status(c, "ContainerCreating", 0))
-        .collect();
+    let waiting = all_waiting(&spec.containers, "ContainerCreating");
     patch_pod_status(
         ctx,
         &ns,
@@ -593,212 +589,223 @@ async fn run_pod(
         json!({
             "phase": "Pending", "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}], "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": start_time, "conditions": pod_conditions(false, false),
+            "startTime": now(), "conditions": pod_conditions(false, false),
             "containerStatuses": waiting,
         }),
     )
     .await;
-
     if let Some(secs) = spec.active_deadline_seconds {
-        let tx = stop_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs.max(0) as u64)).await;
-            let _ = tx.send_if_modified(|s| {
-                if s.is_none() {
-                    *s = Some(Stop::Deadline);
-                    true
-                } else {
-                    false
-                }
-            });
-        });
+        start_deadline(stop_tx, secs);
     }
 
-    let run = match prepare(ctx, &pod, &dir).await {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            let st: Vec<_> = spec
-                .containers
-                .iter()
-                .map(|c| waiting_status(c, "CreateContainerConfigError", 0))
-                .collect();
-            patch_pod_status(
-                ctx,
-                &ns,
-                &name,
-                json!({
-                    "phase": "Failed", "reason": "CreateContainerConfigError", "message": e,
-                    "conditions": pod_conditions(false, false), "containerStatuses": st,
-                }),
-            )
-            .await;
-            wait_deleted(ctx, &pod, &mut stop_rx).await;
-            return;
+    let prepared = match sidecars_unsupported(&spec) {
+        Some(e) => Err(e),
+        None => prepare(ctx, &pod, &dir).await,
+    };
+    let status = match prepared {
+        Err(e) => json!({
+            "phase": "Failed", "reason": "CreateContainerConfigError", "message": e,
+            "conditions": pod_conditions(false, false),
+            "containerStatuses": all_waiting(&spec.containers, "CreateContainerConfigError"),
+        }),
+        Ok(run) => {
+            let run = Arc::new(run);
+            match run_init_containers(ctx, &run, &pod, &mut stop_rx).await {
+                Ok(()) => run_main_containers(ctx, &run, &pod, &stop_rx).await,
+                Err((message, init_statuses)) => {
+                    let mut status = json!({
+                        "phase": "Failed", "message": message,
+                        "conditions": pod_conditions(false, false),
+                        "containerStatuses": all_waiting(&spec.containers, "PodInitializing"),
+                        "initContainerStatuses": init_statuses,
+                    });
+                    if *stop_rx.borrow() == Some(Stop::Deadline) {
+                        status["reason"] = json!("DeadlineExceeded");
+                    }
+                    status
+                }
+            }
         }
     };
+    patch_pod_status(ctx, &ns, &name, status).await;
+    wait_deleted(ctx, &pod, &mut stop_rx).await;
+}
+
+fn all_waiting(containers: &[Container], reason: &str) -> Vec<serde_json::Value> {
+    containers
+        .iter()
+        .map(|c| waiting_status(c, reason, 0))
+        .collect()
+}
+
+/// Native sidecars (init containers with `restartPolicy: Always`) would block the
+/// sequential init phase forever; say so instead.
+fn sidecars_unsupported(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| {
+            format!(
+                "init container {} is a sidecar (restartPolicy: Always), which the test node does not support",
+                c.name
+            )
+        })
+}
+
+/// Stops the pod with [`Stop::Deadline`] after `activeDeadlineSeconds`, unless it is
+/// already stopping for another reason.
+fn start_deadline(stop_tx: watch::Sender<Option<Stop>>, secs: i64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(secs.max(0).unsigned_abs())).await;
+        stop_tx.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(Stop::Deadline);
+                true
+            } else {
+                false
+            }
+        });
+    });
+}
+
+/// Runs the init containers in order; each must exit 0 (retried unless
+/// `restartPolicy: Never`). On failure returns the message and the init statuses.
+async fn run_init_containers(
+    ctx: &Ctx,
+    run: &PodRun,
+    pod: &Pod,
+    stop_rx: &mut watch::Receiver<Option<Stop>>,
+) -> Result<(), (String, Vec<serde_json::Value>)> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let never = spec.restart_policy.as_deref() == Some("Never");
+    let inits = spec.init_containers.unwrap_or_default();
+    let mut statuses = all_waiting(&inits, "PodInitializing");
+    for (i, c) in inits.iter().enumerate() {
+        let mut restarts = 0;
+        loop {
+            let exit = match run_container(ctx, run, pod, c, stop_rx, None).await {
+                Ok(exit) => exit,
+                Err(e) => return Err((format!("init container {}: {e}", c.name), statuses)),
+            };
+            statuses[i] = terminated_status(c, &exit, restarts);
+            let patch = json!({"initContainerStatuses": statuses});
+            patch_pod_status(ctx, &run.ns, &run.name, patch).await;
+            if exit.code == 0 {
+                break;
+            }
+            let stopping = stop_rx.borrow().is_some();
+            if never || stopping || !backoff(stop_rx).await {
+                let msg = format!("init container {} exited with code {}", c.name, exit.code);
+                return Err((msg, statuses));
+            }
+            restarts += 1;
+        }
+    }
+    if stop_rx.borrow().is_some() {
+        return Err(("pod stopped during initialisation".into(), statuses));
+    }
+    Ok(())
+}
+
+/// Runs the containers in parallel (restarting them as `restartPolicy` says) and
+/// returns the final pod status.
+async fn run_main_containers(
+    ctx: &Arc<Ctx>,
+    run: &Arc<PodRun>,
+    pod: &Pod,
+    stop_rx: &watch::Receiver<Option<Stop>>,
+) -> serde_json::Value {
+    let spec = pod.spec.clone().unwrap_or_default();
     let restart = spec
         .restart_policy
         .clone()
         .unwrap_or_else(|| "Always".into());
-
-    // Init containers: in order, each must succeed.
-    let inits = spec.init_containers.clone().unwrap_or_default();
-    let mut init_statuses: Vec<serde_json::Value> = inits
-        .iter()
-        .map(|c| waiting_status(c, "PodInitializing", 0))
-        .collect();
-    let mut failed: Option<String> = None;
-    for (i, c) in inits.iter().enumerate() {
-        let mut restarts = 0;
-        loop {
-            let exit = run_container(ctx, &run, &pod, c, &mut stop_rx, None).await;
-            match exit {
-                Ok(exit) => {
-                    init_statuses[i] = terminated_status(c, &exit, restarts);
-                    patch_pod_status(
-                        ctx,
-                        &ns,
-                        &name,
-                        json!({"initContainerStatuses": init_statuses}),
-                    )
-                    .await;
-                    if exit.code == 0 {
-                        break;
-                    }
-                    if restart == "Never" || stop_rx.borrow().is_some() {
-                        failed = Some(format!(
-                            "init container {} exited with code {}",
-                            c.name, exit.code
-                        ));
-                        break;
-                    }
-                    restarts += 1;
-                    if !backoff(&mut stop_rx).await {
-                        failed = Some(format!("init container {} stopped", c.name));
-                        break;
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+    let mut handles = Vec::new();
+    for (idx, c) in spec.containers.iter().cloned().enumerate() {
+        let ctx = ctx.clone();
+        let pod = pod.clone();
+        let restart = restart.clone();
+        let rx = stop_rx.clone();
+        let run = run.clone();
+        handles.push(tokio::spawn(async move {
+            let res = run_restarting(&ctx, &run, &pod, &c, idx, &restart, rx).await;
+            (c, res)
+        }));
+    }
+    let running = json!({"phase": "Running", "conditions": pod_conditions(true, true)});
+    patch_pod_status(ctx, &run.ns, &run.name, running).await;
+    let mut statuses = Vec::new();
+    let mut all_ok = true;
+    let mut errors = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok((c, Ok((exit, restarts)))) => {
+                all_ok &= exit.code == 0;
+                statuses.push(terminated_status(&c, &exit, restarts));
+            }
+            Ok((c, Err(e))) => {
+                all_ok = false;
+                errors.push(format!("container {}: {e}", c.name));
+                statuses.push(waiting_status(&c, "CreateContainerError", 0));
+            }
+            Err(e) => {
+                all_ok = false;
+                errors.push(format!("container task failed: {e}"));
             }
         }
-        if failed.is_some() {
-            break;
-        }
     }
+    let stop = *stop_rx.borrow();
+    let mut status = json!({
+        "phase": if all_ok && stop.is_none() { "Succeeded" } else { "Failed" },
+        "conditions": pod_conditions(true, false),
+        "containerStatuses": statuses,
+    });
+    if stop == Some(Stop::Deadline) {
+        status["reason"] = json!("DeadlineExceeded");
+        status["message"] = json!(format!(
+            "Pod was active on the node longer than the specified deadline ({}s)",
+            spec.active_deadline_seconds.unwrap_or_default()
+        ));
+    } else if !errors.is_empty() {
+        status["message"] = json!(errors.join("; "));
+    }
+    status
+}
 
-    if failed.is_none() && stop_rx.borrow().is_none() {
-        let mut handles = Vec::new();
-        for (idx, c) in spec.containers.iter().cloned().enumerate() {
-            let ctx = ctx.clone();
-            let pod = pod.clone();
-            let restart = restart.clone();
-            let mut rx = stop_rx.clone();
-            let run = run.clone();
-            handles.push(tokio::spawn(async move {
-                let mut restarts = 0u32;
-                loop {
-                    let res =
-                        run_container(&ctx, &run, &pod, &c, &mut rx, Some((idx, restarts))).await;
-                    match res {
-                        Ok(exit) => {
-                            let again = match restart.as_str() {
-                                "Never" => false,
-                                "OnFailure" => exit.code != 0,
-                                _ => true,
-                            };
-                            let statuses = {
-                                let mut st = lock(&run.statuses);
-                                if let Some(slot) = st.get_mut(idx) {
-                                    *slot = terminated_status(&c, &exit, restarts);
-                                }
-                                st.clone()
-                            };
-                            patch_pod_status(
-                                &ctx,
-                                &run.ns,
-                                &run.name,
-                                json!({"containerStatuses": statuses}),
-                            )
-                            .await;
-                            let stopping = rx.borrow().is_some();
-                            if !again || stopping || !backoff(&mut rx).await {
-                                return (c, Ok(exit), restarts);
-                            }
-                            restarts += 1;
-                        }
-                        Err(e) => return (c, Err(e), restarts),
-                    }
-                }
-            }));
-        }
-        patch_pod_status(
-            ctx,
-            &ns,
-            &name,
-            json!({
-                "phase": "Running", "conditions": pod_conditions(true, true),
-            }),
-        )
-        .await;
-        let mut statuses = Vec::new();
-        let mut all_ok = true;
-        let mut errors = Vec::new();
-        for h in handles {
-            match h.await {
-                Ok((c, Ok(exit), restarts)) => {
-                    all_ok &= exit.code == 0;
-                    statuses.push(terminated_status(&c, &exit, restarts));
-                }
-                Ok((c, Err(e), restarts)) => {
-                    all_ok = false;
-                    errors.push(format!("container {}: {e}", c.name));
-                    statuses.push(waiting_status(&c, "CreateContainerError", restarts));
-                }
-                Err(e) => {
-                    all_ok = false;
-                    errors.push(format!("container task failed: {e}"));
-                }
+/// Runs container `idx` until it ends for good; returns its last exit and restarts.
+async fn run_restarting(
+    ctx: &Ctx,
+    run: &PodRun,
+    pod: &Pod,
+    c: &Container,
+    idx: usize,
+    restart: &str,
+    mut rx: watch::Receiver<Option<Stop>>,
+) -> Result<(Exit, u32), String> {
+    let mut restarts = 0u32;
+    loop {
+        let exit = run_container(ctx, run, pod, c, &mut rx, Some((idx, restarts))).await?;
+        let again = match restart {
+            "Never" => false,
+            "OnFailure" => exit.code != 0,
+            _ => true,
+        };
+        let statuses = {
+            let mut st = lock(&run.statuses);
+            if let Some(slot) = st.get_mut(idx) {
+                *slot = terminated_status(c, &exit, restarts);
             }
+            st.clone()
+        };
+        let patch = json!({"containerStatuses": statuses});
+        patch_pod_status(ctx, &run.ns, &run.name, patch).await;
+        let stopping = rx.borrow().is_some();
+        if !again || stopping || !backoff(&mut rx).await {
+            return Ok((exit, restarts));
         }
-        let stop = *stop_rx.borrow();
-        let mut status = json!({
-            "phase": if all_ok && stop.is_none() { "Succeeded" } else { "Failed" },
-            "conditions": pod_conditions(true, false),
-            "containerStatuses": statuses,
-        });
-        if stop == Some(Stop::Deadline) {
-            status["reason"] = json!("DeadlineExceeded");
-            status["message"] = json!(format!(
-                "Pod was active on the node longer than the specified deadline ({}s)",
-                spec.active_deadline_seconds.unwrap_or_default()
-            ));
-        } else if !errors.is_empty() {
-            status["message"] = json!(errors.join("; "));
-        }
-        patch_pod_status(ctx, &ns, &name, status).await;
-    } else {
-        let stop = *stop_rx.borrow();
-        let st: Vec<_> = spec
-            .containers
-            .iter()
-            .map(|c| waiting_status(c, "PodInitializing", 0))
-            .collect();
-        let mut status = json!({
-            "phase": "Failed", "conditions": pod_conditions(false, false),
-            "containerStatuses": st, "initContainerStatuses": init_statuses,
-        });
-        if stop == Some(Stop::Deadline) {
-            status["reason"] = json!("DeadlineExceeded");
-        }
-        if let Some(msg) = failed {
-            status["message"] = json!(msg);
-        }
-        patch_pod_status(ctx, &ns, &name, status).await;
+        restarts += 1;
     }
-    wait_deleted(ctx, &pod, &mut stop_rx).await;
 }
 
 /// After a run, a pod deleted while it ran (or later) is removed with grace 0.

@@ -587,3 +587,57 @@ async fn helm_reaches_the_control_plane() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_deletion_stops_its_pods_and_finishes() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-nsdel").await;
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: long}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "exec sleep 300"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - {name: data, persistentVolumeClaim: {claimName: data}}
+"#,
+    );
+    let pods: Api<Pod> = Api::namespaced(cp.client(), &ns);
+    eventually("pod long to run", Duration::from_secs(60), || async {
+        let p = pods.get("long").await.map_err(|e| e.to_string())?;
+        if phase(&p) == "Running" {
+            Ok(())
+        } else {
+            Err(phase(&p))
+        }
+    })
+    .await;
+    cp.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.client());
+    eventually(
+        &format!("namespace {ns} to be deleted"),
+        Duration::from_secs(60),
+        || async {
+            match namespaces.get_opt(&ns).await {
+                Ok(None) => Ok(()),
+                Ok(Some(n)) => Err(format!("{:?}", n.status.and_then(|s| s.conditions))),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+}

@@ -271,14 +271,19 @@ subjects:
 
     // Impersonation sees the same RBAC.
     let sa_user = format!("system:serviceaccount:{ns}:default");
-    let out = cp.kubectl_as(&sa_user, &[], &["auth", "can-i", "list", "pods", "-n", &ns]);
+    let out = cp.kubectl_as(&sa_user, &["auth", "can-i", "list", "pods", "-n", &ns]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
-    let out = cp.kubectl_as(
-        &sa_user,
-        &[],
-        &["auth", "can-i", "delete", "pods", "-n", &ns],
-    );
+    let out = cp.kubectl_as(&sa_user, &["auth", "can-i", "delete", "pods", "-n", &ns]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let can_i = ["auth", "can-i", "create", "namespaces"];
+    let out = cp.kubectl_as("alice", &can_i);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let out = cp.kubectl_as_groups("alice", &["system:masters"], &can_i);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    let alice: Api<Pod> = Api::namespaced(cp.client_as("alice", &[]), &ns);
+    assert!(alice.list(&ListParams::default()).await.is_err());
+    let admin: Api<Pod> = Api::namespaced(cp.client_as("alice", &["system:masters"]), &ns);
+    assert!(admin.list(&ListParams::default()).await.is_ok());
     let pods: Api<Pod> = Api::namespaced(cp.client_as(&sa_user, &[]), &ns);
     assert!(pods.list(&ListParams::default()).await.is_ok());
     assert!(pods

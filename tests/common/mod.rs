@@ -463,8 +463,14 @@ impl ControlPlane {
         }
     }
 
-    /// Runs kubectl as `user` (impersonation with `--as`, plus `--as-group` for each group).
-    pub fn kubectl_as<S: AsRef<std::ffi::OsStr>>(
+    /// Runs kubectl as `user` (impersonation with `--as`; a plain user gets only the
+    /// `system:authenticated` group).
+    pub fn kubectl_as<S: AsRef<std::ffi::OsStr>>(&self, user: &str, args: &[S]) -> Output {
+        self.kubectl_as_groups(user, &[], args)
+    }
+
+    /// Runs kubectl as `user` in `groups` (`--as`, plus `--as-group` for each group).
+    pub fn kubectl_as_groups<S: AsRef<std::ffi::OsStr>>(
         &self,
         user: &str,
         groups: &[&str],

@@ -646,3 +646,128 @@ spec:
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_pods_run_in_parallel() {
+    let cp = ControlPlane::shared().await;
+    let node = TestNode::shared().await;
+    let ns = cp.create_namespace("smoke-parallel").await;
+    // Each pod waits until all five have started: this only completes if they run at
+    // the same time.
+    cp.apply_yaml(
+        &ns,
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: fan-out}
+spec:
+  completions: 5
+  parallelism: 5
+  completionMode: Indexed
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: busybox
+        command:
+        - sh
+        - -c
+        - 'touch /shared/started-$JOB_COMPLETION_INDEX; for i in $(seq 1 300); do [ "$(ls /shared | wc -l)" -ge 5 ] && exit 0; sleep 0.1; done; exit 1'
+        volumeMounts: [{name: shared, mountPath: /shared}]
+      volumes:
+      - {name: shared, persistentVolumeClaim: {claimName: shared}}
+"#,
+    );
+    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
+    eventually(
+        "job fan-out to complete",
+        Duration::from_secs(90),
+        || async {
+            let job = jobs.get("fan-out").await.map_err(|e| e.to_string())?;
+            let status = job.status.unwrap_or_default();
+            let conds = status.conditions.unwrap_or_default();
+            if let Some(c) = conds
+                .iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+            {
+                panic!("job fan-out failed: {:?}", c.message);
+            }
+            if conds
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+            {
+                Ok(())
+            } else {
+                Err(format!("succeeded {:?}", status.succeeded))
+            }
+        },
+    )
+    .await;
+    let mut started: Vec<String> = std::fs::read_dir(node.pvc_dir(&ns, "shared"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    started.sort();
+    assert_eq!(
+        started,
+        (0..5).map(|i| format!("started-{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validating_admission_policy_is_enforced() {
+    let cp = ControlPlane::shared().await;
+    let ns = cp.create_namespace("smoke-vap").await;
+    cp.apply_yaml(
+        &ns,
+        &format!(
+            r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: smoke-no-forbidden-{ns}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [configmaps]
+  validations:
+  - expression: "!object.metadata.name.startsWith('forbidden')"
+    message: "forbidden names are forbidden"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: smoke-no-forbidden-{ns}}}
+spec:
+  policyName: smoke-no-forbidden-{ns}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+"#
+        ),
+    );
+    // Policies are loaded asynchronously: retry until the denial shows up.
+    let mut n = 0;
+    eventually("the policy to deny", Duration::from_secs(30), || {
+        n += 1;
+        let name = format!("forbidden-{n}");
+        let ns = ns.clone();
+        async move {
+            let out = cp.kubectl(&["create", "configmap", &name, "-n", &ns]);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !out.status.success() && err.contains("forbidden names are forbidden") {
+                Ok(())
+            } else {
+                Err(format!("create {name}: {} {err}", out.status))
+            }
+        }
+    })
+    .await;
+    cp.kubectl_ok(&["create", "configmap", "allowed", "-n", &ns]);
+}

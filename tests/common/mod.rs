@@ -163,7 +163,20 @@ impl ControlPlane {
     }
 
     /// Starts a new control plane (most tests want [`ControlPlane::shared`]).
+    ///
+    /// Tried a second time when a port picked as free was taken meanwhile by another
+    /// process (parallel test binaries pick ports at the same time).
     pub async fn start() -> Result<ControlPlane, String> {
+        match ControlPlane::start_once().await {
+            Err(e) if e.contains("address already in use") => {
+                eprintln!("control plane start hit a port race, retrying: {e}");
+                ControlPlane::start_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn start_once() -> Result<ControlPlane, String> {
         let started = Instant::now();
         let bin = ensure_binaries()?;
         let dir = make_temp_dir()?;
@@ -301,7 +314,10 @@ impl ControlPlane {
             counter: AtomicU64::new(0),
             start_duration: Duration::ZERO,
         };
-        cp.wait_ready().await?;
+        if let Err(e) = cp.wait_ready().await {
+            kill_group(kcm.child.id(), "KILL");
+            return Err(e);
+        }
         if let Ok(Some(_)) = kcm.child.try_wait() {
             kcm = spawn_server("kube-controller-manager", &cp.bin, &cp.dir, &kcm_args)?;
         }

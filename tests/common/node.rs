@@ -9,11 +9,21 @@
 //!
 //! Volumes become directories. A mount path such as `/data` cannot exist on the real
 //! root, so the node rewrites it:
-//! - the process gets `REVERIE_PATH_MAP="/data=/real/dir:/workspace=/real/dir2"` (longest
-//!   mount path first); in-pod programs written by this project (`reverie …`) translate
-//!   absolute paths through it before touching the file system;
+//! - the process gets `REVERIE_PATH_MAP="/data=/real/dir:/workspace=/real/dir2"`:
+//!   `:`-separated `mount=real` pairs, longest mount path first (an entry may map a
+//!   single file, e.g. `/dev/termination-log`). In-pod programs written by this project
+//!   (`reverie …`) must translate every absolute path they compute themselves through
+//!   it (first entry whose mount path is the path or a `/`-prefix of it) before touching
+//!   the file system;
 //! - mount-path prefixes inside `command`, `args`, `workingDir` and env values are
-//!   substituted with the real directory (so `sh -c 'echo ok > /data/out'` works).
+//!   substituted with the real directory (so `sh -c 'echo ok > /data/out'` and
+//!   `reverie dream --store /data` work without the map). Only whole path prefixes
+//!   match: `/data` rewrites `/data/out`, not `/database` or `/x/data`.
+//!
+//! Not modelled: images and entrypoints (a container needs `command`, unless its image
+//! names `reverie`), probes (containers are Ready once started), resources, ports
+//! (the pod IP is 127.0.0.1), native sidecars (rejected with a message), `kubectl
+//! logs` (read logs with [`TestNode::container_log`]).
 //!
 //! A PersistentVolumeClaim is one directory per claim, `ControlPlane::pvc_dir(ns, claim)`,
 //! shared by every pod (and every test node) that mounts it; the claim need not be Bound.

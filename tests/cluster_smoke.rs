@@ -14,20 +14,15 @@ use kube::api::{Api, DeleteParams, ListParams};
 
 /// Waits until pod `ns/name` reaches a terminal phase; returns it.
 async fn finished_pod(cp: &ControlPlane, ns: &str, name: &str, timeout: Duration) -> Pod {
-    let pods: Api<Pod> = Api::namespaced(cp.client(), ns);
-    eventually(&format!("pod {ns}/{name} to finish"), timeout, || async {
-        let pod = pods.get_opt(name).await.map_err(|e| e.to_string())?;
-        let phase = pod
-            .as_ref()
-            .and_then(|p| p.status.as_ref())
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
-        match pod {
-            Some(p) if phase == "Succeeded" || phase == "Failed" => Ok(p),
-            _ => Err(format!("phase {phase:?}")),
-        }
-    })
-    .await
+    cp.wait_pod_finished(ns, name, timeout).await
+}
+
+/// Whether a Job has the true condition `type_`.
+fn job_has(job: &Job, type_: &str) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
 /// `(exitCode, reason, message)` of the first container's terminated state.
@@ -151,30 +146,10 @@ spec:
         persistentVolumeClaim: {claimName: work}
 "#,
     );
-    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
-    eventually(
-        "job write-ok to complete",
-        Duration::from_secs(60),
-        || async {
-            let job = jobs.get("write-ok").await.map_err(|e| e.to_string())?;
-            let conds = job.status.and_then(|s| s.conditions).unwrap_or_default();
-            if let Some(c) = conds
-                .iter()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-            {
-                panic!("job write-ok failed: {:?}", c.message);
-            }
-            if conds
-                .iter()
-                .any(|c| c.type_ == "Complete" && c.status == "True")
-            {
-                Ok(())
-            } else {
-                Err(format!("conditions {conds:?}"))
-            }
-        },
-    )
-    .await;
+    let job = cp
+        .wait_job_finished(&ns, "write-ok", Duration::from_secs(60))
+        .await;
+    assert!(job_has(&job, "Complete"), "job write-ok: {:?}", job.status);
     let out = std::fs::read_to_string(node.pvc_dir(&ns, "work").join("out"));
     assert_eq!(out.ok().as_deref(), Some("ok\n"));
     assert_eq!(cp.pvc_dir(&ns, "work"), node.pvc_dir(&ns, "work"));
@@ -679,31 +654,10 @@ spec:
       - {name: shared, persistentVolumeClaim: {claimName: shared}}
 "#,
     );
-    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
-    eventually(
-        "job fan-out to complete",
-        Duration::from_secs(90),
-        || async {
-            let job = jobs.get("fan-out").await.map_err(|e| e.to_string())?;
-            let status = job.status.unwrap_or_default();
-            let conds = status.conditions.unwrap_or_default();
-            if let Some(c) = conds
-                .iter()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-            {
-                panic!("job fan-out failed: {:?}", c.message);
-            }
-            if conds
-                .iter()
-                .any(|c| c.type_ == "Complete" && c.status == "True")
-            {
-                Ok(())
-            } else {
-                Err(format!("succeeded {:?}", status.succeeded))
-            }
-        },
-    )
-    .await;
+    let job = cp
+        .wait_job_finished(&ns, "fan-out", Duration::from_secs(90))
+        .await;
+    assert!(job_has(&job, "Complete"), "job fan-out: {:?}", job.status);
     let mut started: Vec<String> = std::fs::read_dir(node.pvc_dir(&ns, "shared"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())

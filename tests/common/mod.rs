@@ -44,7 +44,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -584,6 +585,50 @@ impl ControlPlane {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until pod `ns/name` is `Succeeded` or `Failed`; returns it.
+    pub async fn wait_pod_finished(&self, ns: &str, name: &str, timeout: Duration) -> Pod {
+        let pods: Api<Pod> = Api::namespaced(self.client(), ns);
+        eventually(&format!("pod {ns}/{name} to finish"), timeout, || async {
+            let pod = pods.get_opt(name).await.map_err(|e| e.to_string())?;
+            let phase = pod
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            match pod {
+                Some(p) if phase == "Succeeded" || phase == "Failed" => Ok(p),
+                Some(_) => Err(format!("phase {phase:?}")),
+                None => Err("not found".into()),
+            }
+        })
+        .await
+    }
+
+    /// Waits until Job `ns/name` has a true `Complete` or `Failed` condition; returns it.
+    pub async fn wait_job_finished(&self, ns: &str, name: &str, timeout: Duration) -> Job {
+        let jobs: Api<Job> = Api::namespaced(self.client(), ns);
+        eventually(&format!("job {ns}/{name} to finish"), timeout, || async {
+            let job = jobs.get_opt(name).await.map_err(|e| e.to_string())?;
+            let Some(job) = job else {
+                return Err("not found".into());
+            };
+            let conds = job
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let done = conds
+                .iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+            if done {
+                Ok(job)
+            } else {
+                Err(format!("status {:?}", job.status))
+            }
+        })
+        .await
     }
 
     /// Creates a namespace `<prefix>-<n>` unique in this control plane and waits for its

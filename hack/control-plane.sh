@@ -22,6 +22,21 @@ mkdir -p "$BIN" "$WORK"
 
 log() { echo "control-plane: $*" >&2; }
 
+# Warm path without the lock or running any binary (each is ~100 MB; loading five of
+# them takes seconds on a loaded machine): the stamp is written last, after the
+# versions were checked, and removed before any rebuild.
+STAMP="$BIN/.versions"
+want_stamp="kubernetes=$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION"
+all_present() {
+  for b in etcd kube-apiserver kube-controller-manager kubectl helm; do
+    [ -x "$BIN/$b" ] || return 1
+  done
+}
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && all_present; then
+  echo "$BIN"
+  exit 0
+fi
+
 # One builder at a time (parallel test binaries all call this script).
 exec 9>"$CACHE/.lock"
 if command -v flock >/dev/null; then flock 9; fi
@@ -30,13 +45,12 @@ k8s_minor="${K8S_VERSION#v1.}"; k8s_minor="${k8s_minor%%.*}"
 staging_version="v0.${K8S_VERSION#v1.}"
 
 have() {
-  # Capture, then match: `cmd | grep -q` under pipefail fails at random when
-  # grep exits before cmd has written everything (SIGPIPE), which made a warm
-  # cache look cold.
   local b="$BIN/$1" out; shift
   [ -x "$b" ] || return 1
+  # Captured first: with pipefail, `grep -q` closing the pipe early makes the
+  # binary die of SIGPIPE and the check fail (which triggered needless rebuilds).
   out="$("$b" "$@" 2>/dev/null)" || return 1
-  [[ "$out" == *"$VERSION_WANT"* ]]
+  grep -q -- "$VERSION_WANT" <<<"$out"
 }
 
 need_k8s=0
@@ -52,9 +66,11 @@ VERSION_WANT="$HELM_VERSION"
 have helm version --short || need_helm=1
 
 if [ "$need_k8s$need_etcd$need_helm" = "000" ]; then
+  echo "$want_stamp" > "$STAMP"
   echo "$BIN"
   exit 0
 fi
+rm -f "$STAMP"
 
 command -v go >/dev/null || { log "go is required to build the control plane"; exit 1; }
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
@@ -128,5 +144,8 @@ VERSION_WANT="$K8S_VERSION"
 have kube-apiserver --version || { log "kube-apiserver does not report $K8S_VERSION"; exit 1; }
 VERSION_WANT="$HELM_VERSION"
 have helm version --short || { log "helm does not report $HELM_VERSION"; exit 1; }
+VERSION_WANT="${ETCD_VERSION#v}"
+have etcd --version || { log "etcd does not report $ETCD_VERSION"; exit 1; }
+echo "$want_stamp" > "$STAMP"
 log "ready in $BIN"
 echo "$BIN"

@@ -4,5 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod dream;
 pub mod memory;
+pub mod pathmap;

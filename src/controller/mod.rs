@@ -1,0 +1,47 @@
+//! `reverie controller`: one kube-runtime Controller per kind (one file
+//! each), sharing a [`Context`]. The controller never writes `spec`; it
+//! writes `status` by server-side apply under [`FIELD_MANAGER`].
+
+pub mod context;
+pub mod status;
+
+pub use context::{Context, ControllerConfig};
+
+/// The field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "reverie-controller";
+
+/// What can stop or fail a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("serialising {what}: {source}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Invalid(_) => "invalid",
+            Error::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+/// Runs every controller until one of them stops (which only happens when
+/// the API is gone for good) or the process is signalled.
+pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {
+    // Each kind's module adds its `run(ctx)` future here.
+    let controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![];
+    let _ = &ctx;
+    futures::future::join_all(controllers).await;
+    Ok(())
+}

@@ -1,9 +1,668 @@
-//! Analysis: methods. (Being written.)
+//! Working methods → procedures (DESIGN §6).
+//!
+//! A session is reduced to its *steps*: the successful tool calls, each named
+//! by a coarse verb (`cargo test`, `git commit`, `files write`), without
+//! look-only calls (`cat`, `ls`, `files read` …) and without immediate
+//! repeats. Contiguous runs of 2–5 steps that occur in at least
+//! `min_sessions` successful sessions, and clearly more often there than in
+//! failed ones, become a numbered procedure in `procedures.md`.
 
-use super::{Corpus, DreamOptions};
-use crate::api::PatchOp;
+use super::errors::call_failed;
+use super::text::{clip, normalise, word_jaccard};
+use super::{Corpus, DreamOptions, Event, Outcome, Session, ToolCall};
+use crate::api::{Evidence, OpKind, PatchOp, Reason};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Finds what this analysis proposes; deterministic.
-pub fn find(_corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
+/// The memory file procedures are added to.
+pub const PROCEDURES_PATH: &str = "procedures.md";
+/// Shortest and longest sequence considered.
+const MIN_LEN: usize = 2;
+const MAX_LEN: usize = 5;
+/// Programs whose first argument is a subcommand worth keeping in the verb.
+const SUBCOMMAND_PROGRAMS: &[&str] = &[
+    "apt",
+    "apt-get",
+    "brew",
+    "bundle",
+    "cargo",
+    "composer",
+    "docker",
+    "gh",
+    "git",
+    "go",
+    "gradle",
+    "helm",
+    "kind",
+    "kubectl",
+    "make",
+    "minikube",
+    "mvn",
+    "npm",
+    "pip",
+    "pip3",
+    "pnpm",
+    "poetry",
+    "rustup",
+    "systemctl",
+    "terraform",
+    "uv",
+    "yarn",
+    "kustomize",
+    "skaffold",
+    "tofu",
+    "just",
+];
+/// Commands that only look at things; they are dropped from step sequences
+/// because agents sprinkle them anywhere and they carry no method.
+const LOOK_ONLY: &[&str] = &[
+    "cat",
+    "ls",
+    "grep",
+    "rg",
+    "find",
+    "head",
+    "tail",
+    "pwd",
+    "echo",
+    "wc",
+    "less",
+    "more",
+    "tree",
+    "which",
+    "stat",
+    "file",
+    "git status",
+    "git log",
+    "git diff",
+    "git show",
+    "git branch",
+];
+/// Operations of non-shell tools that only look at things.
+const LOOK_ONLY_OPS: &[&str] = &[
+    "read", "view", "list", "ls", "search", "glob", "grep", "find", "stat", "get", "cat", "show",
+];
+/// Wrappers skipped before the program name.
+const WRAPPERS: &[&str] = &["sudo", "time", "env", "nohup", "exec", "command"];
+
+/// The text a tool call ran: the shell command for a bash-like tool, else
+/// the input as compact JSON.
+pub fn call_input_text(call: &ToolCall) -> String {
+    for key in ["command", "cmd", "script"] {
+        if let Some(s) = call.input.get(key).and_then(|v| v.as_str()) {
+            return s.trim().to_string();
+        }
+    }
+    match &call.input {
+        serde_json::Value::String(s) => s.trim().to_string(),
+        serde_json::Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// True when the call's input is a shell command.
+pub fn is_shell(call: &ToolCall) -> bool {
+    ["command", "cmd", "script"]
+        .iter()
+        .any(|k| call.input.get(*k).and_then(|v| v.as_str()).is_some())
+}
+
+/// The words of the first segment of a shell command that does real work:
+/// `cd dir && FOO=1 sudo cargo test -p x` gives `cargo test -p x`.
+pub fn main_segment(command: &str) -> Vec<&str> {
+    for segment in command.split(['&', '|', ';', '\n']) {
+        let mut toks: Vec<&str> = segment.split_whitespace().collect();
+        while let Some(first) = toks.first() {
+            let assignment = first.contains('=') && !first.starts_with('-');
+            if assignment || WRAPPERS.contains(first) {
+                toks.remove(0);
+            } else {
+                break;
+            }
+        }
+        match toks.first() {
+            None => continue,
+            Some(&("cd" | "export" | "set" | "source" | "." | "pushd" | "popd")) => continue,
+            Some(_) => return toks,
+        }
+    }
     Vec::new()
+}
+
+/// The program of a shell command (`/usr/bin/cargo` → `cargo`), or "" when
+/// there is none.
+pub fn command_program(command: &str) -> String {
+    main_segment(command)
+        .first()
+        .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+        .unwrap_or_default()
+}
+
+/// The coarse verb of a shell command: the program, plus its subcommand for
+/// tools that have them (`cargo test`, `git commit`, `npm run build`).
+pub fn command_verb(command: &str) -> String {
+    let toks = main_segment(command);
+    let program = command_program(command);
+    if program.is_empty() {
+        return String::new();
+    }
+    let is_word = |t: &&&str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-' || c == ':')
+            && !t.starts_with('-')
+    };
+    let mut verb = program.clone();
+    if SUBCOMMAND_PROGRAMS.contains(&program.as_str()) {
+        if let Some(sub) = toks.get(1).filter(is_word) {
+            verb.push(' ');
+            verb.push_str(sub);
+            if matches!(program.as_str(), "npm" | "yarn" | "pnpm") && *sub == "run" {
+                if let Some(script) = toks.get(2).filter(is_word) {
+                    verb.push(' ');
+                    verb.push_str(script);
+                }
+            }
+        }
+    }
+    verb
+}
+
+/// The operation a non-shell tool call performs (`op`, `action`, … field).
+fn tool_op(call: &ToolCall) -> Option<String> {
+    ["op", "action", "operation", "mode", "command"]
+        .iter()
+        .find_map(|k| call.input.get(*k).and_then(|v| v.as_str()))
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+}
+
+/// The step name of a tool call: `cargo test` for a shell command, `files
+/// write` for a tool with an operation, else the tool name.
+pub fn step_verb(call: &ToolCall) -> String {
+    if is_shell(call) {
+        let verb = command_verb(&call_input_text(call));
+        if !verb.is_empty() {
+            return verb;
+        }
+    }
+    let name = call.name.to_lowercase();
+    match tool_op(call) {
+        Some(op) => format!("{name} {op}"),
+        None => name,
+    }
+}
+
+/// True for steps that only look (read a file, list a directory).
+pub fn is_look_only(call: &ToolCall, verb: &str) -> bool {
+    if is_shell(call) {
+        return LOOK_ONLY.contains(&verb);
+    }
+    let name = call.name.to_lowercase();
+    if LOOK_ONLY_OPS.contains(&name.as_str()) {
+        return true;
+    }
+    tool_op(call).is_some_and(|op| LOOK_ONLY_OPS.contains(&op.as_str()))
+}
+
+/// One step of a session's reduced sequence.
+#[derive(Clone, Debug)]
+struct Step<'a> {
+    verb: String,
+    call: &'a ToolCall,
+    /// Index of the call among all the session's tool calls.
+    index: usize,
+}
+
+/// The tool calls of a session in order.
+pub fn tool_calls(session: &Session) -> Vec<&ToolCall> {
+    session
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Tool(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn steps<'a>(calls: &[&'a ToolCall]) -> Vec<Step<'a>> {
+    let mut out: Vec<Step<'_>> = Vec::new();
+    for (index, call) in calls.iter().enumerate() {
+        if call_failed(call) {
+            continue;
+        }
+        let verb = step_verb(call);
+        if verb.is_empty() || is_look_only(call, &verb) {
+            continue;
+        }
+        if out.last().is_some_and(|s| s.verb == verb) {
+            continue;
+        }
+        out.push(Step { verb, call, index });
+    }
+    out
+}
+
+/// Where a sequence was seen in one session (first occurrence).
+#[derive(Clone, Debug)]
+struct Seen {
+    line: u64,
+    /// The full command (or verb) of each step, and whether it is a shell step.
+    examples: Vec<(String, bool)>,
+}
+
+#[derive(Default, Debug)]
+struct Support {
+    /// Session index → first occurrence, for sessions that count as success.
+    wins: BTreeMap<usize, Seen>,
+    /// Failed sessions that contain the sequence.
+    losses: BTreeSet<usize>,
+}
+
+/// True when `small` occurs contiguously inside `big`.
+fn contains_run(big: &[String], small: &[String]) -> bool {
+    small.len() <= big.len() && big.windows(small.len()).any(|w| w == small)
+}
+
+fn step_example(step: &Step<'_>) -> (String, bool) {
+    if is_shell(step.call) {
+        let cmd = main_segment(&call_input_text(step.call)).join(" ");
+        (clip(&cmd, 60), true)
+    } else {
+        (step.verb.clone(), false)
+    }
+}
+
+/// First sentence of the session's first user text, or its outcome summary.
+fn session_goal(session: &Session) -> Option<String> {
+    let first_user = session.events.iter().find_map(|e| match e {
+        Event::UserText { text, .. } if !text.trim().is_empty() => Some(text.as_str()),
+        _ => None,
+    });
+    let text = first_user.or(session.outcome_summary.as_deref())?;
+    let first_line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let mut sentence = first_line;
+    for (i, c) in first_line.char_indices() {
+        if matches!(c, '.' | '!' | '?')
+            && first_line[i + c.len_utf8()..]
+                .chars()
+                .next()
+                .is_none_or(char::is_whitespace)
+        {
+            sentence = &first_line[..i];
+            break;
+        }
+    }
+    let sentence = sentence.trim().trim_end_matches(['.', '!', '?', ':']);
+    let sentence = sentence
+        .strip_prefix("Please ")
+        .or_else(|| sentence.strip_prefix("please "))
+        .unwrap_or(sentence);
+    if sentence.is_empty() {
+        return None;
+    }
+    let mut chars = sentence.chars();
+    let first = chars.next()?;
+    let second_upper = chars.next().is_some_and(char::is_uppercase);
+    let goal = if second_upper {
+        sentence.to_string()
+    } else {
+        first
+            .to_lowercase()
+            .chain(sentence.chars().skip(1))
+            .collect()
+    };
+    Some(clip(&goal, 100))
+}
+
+/// The goal most typical of a method's sessions: the one closest (word
+/// Jaccard) to all the others; ties go to the earliest session.
+fn typical_goal(goals: &[String]) -> Option<String> {
+    let mut best: Option<(f64, &String)> = None;
+    for g in goals {
+        let score: f64 = goals.iter().map(|o| word_jaccard(g, o)).sum();
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, g));
+        }
+    }
+    best.map(|(_, g)| g.clone())
+}
+
+/// True when memory already describes this sequence: an entry mentions every
+/// verb in order, or reads nearly the same.
+fn already_known(verbs: &[String], content: &str, corpus: &Corpus) -> bool {
+    corpus.memories.iter().any(|m| {
+        let text = normalise(&m.entry.text);
+        let mut pos = 0;
+        let in_order = verbs.iter().all(|v| match text[pos..].find(v.as_str()) {
+            Some(i) => {
+                pos += i + v.len();
+                true
+            }
+            None => false,
+        });
+        in_order || word_jaccard(content, &m.entry.text) >= 0.6
+    })
+}
+
+/// `run `cargo test --all`` for a shell step (the most common full command
+/// when one repeats, else the verb), `` `files write` `` for a tool step.
+fn render_step(verb: &str, examples: &[&(String, bool)]) -> String {
+    if !examples.iter().any(|(_, shell)| *shell) {
+        return format!("`{verb}`");
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (e, _) in examples {
+        *counts.entry(e.as_str()).or_default() += 1;
+    }
+    let mut shown = verb;
+    let mut best = 1;
+    for (e, _) in examples {
+        let n = counts.get(e.as_str()).copied().unwrap_or(0);
+        if n > best {
+            best = n;
+            shown = e;
+        }
+    }
+    format!("run `{}`", shown.replace('`', "'"))
+}
+
+/// Finds working methods; deterministic.
+pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
+    let min_sessions = opts.min_sessions.max(1);
+    let mut table: BTreeMap<Vec<String>, Support> = BTreeMap::new();
+    let mut wins_total = 0usize;
+    let mut losses_total = 0usize;
+    for (si, session) in corpus.sessions.iter().enumerate() {
+        let calls = tool_calls(session);
+        // failed_after[i]: a call at index >= i failed.
+        let mut failed_after = vec![false; calls.len() + 1];
+        for i in (0..calls.len()).rev() {
+            failed_after[i] = failed_after[i + 1] || call_failed(calls[i]);
+        }
+        match session.outcome {
+            Outcome::Succeeded => wins_total += 1,
+            Outcome::Failed => losses_total += 1,
+            Outcome::Unknown if !failed_after[0] => wins_total += 1,
+            Outcome::Unknown => {}
+        }
+        let steps = steps(&calls);
+        for len in MIN_LEN..=MAX_LEN {
+            for window in steps.windows(len) {
+                let key: Vec<String> = window.iter().map(|s| s.verb.clone()).collect();
+                let last = window[len - 1].index;
+                let win = match session.outcome {
+                    Outcome::Succeeded => true,
+                    Outcome::Failed => false,
+                    Outcome::Unknown => !failed_after[last + 1],
+                };
+                let support = table.entry(key).or_default();
+                if win {
+                    support.wins.entry(si).or_insert_with(|| Seen {
+                        line: window[0].call.at.line,
+                        examples: window.iter().map(step_example).collect(),
+                    });
+                } else if session.outcome == Outcome::Failed {
+                    support.losses.insert(si);
+                }
+            }
+        }
+    }
+
+    // Keep sequences that keep working and are clearly rarer in failures.
+    let rate = |n: usize, total: usize| {
+        if total == 0 {
+            0.0
+        } else {
+            n as f64 / total as f64
+        }
+    };
+    let candidates: Vec<(&Vec<String>, &Support)> = table
+        .iter()
+        .filter(|(_, s)| {
+            let (w, l) = (s.wins.len(), s.losses.len());
+            w >= min_sessions && w >= 2 * l && rate(w, wins_total) >= 2.0 * rate(l, losses_total)
+        })
+        .collect();
+    // A longer sequence seen in fewer than half the sessions of one of its
+    // parts is a chance extension of that part, not a method of its own.
+    let kept: Vec<(&Vec<String>, &Support)> = candidates
+        .iter()
+        .filter(|(q, qs)| {
+            !candidates.iter().any(|(p, ps)| {
+                p.len() < q.len() && contains_run(q, p) && 2 * qs.wins.len() < ps.wins.len()
+            })
+        })
+        .copied()
+        .collect();
+    let mut order = kept.clone();
+    order.sort_by(|(a, sa), (b, sb)| {
+        b.len()
+            .cmp(&a.len())
+            .then(sb.wins.len().cmp(&sa.wins.len()))
+            .then(first_seen(sa).cmp(&first_seen(sb)))
+            .then(a.cmp(b))
+    });
+    let mut emitted: Vec<(&Vec<String>, &Support)> = Vec::new();
+    for (seq, support) in order {
+        if emitted.iter().any(|(e, _)| contains_run(e, seq)) {
+            continue;
+        }
+        emitted.push((seq, support));
+    }
+    emitted.sort_by_key(|(seq, s)| (first_seen(s), (*seq).clone()));
+
+    let mut ops = Vec::new();
+    for (seq, support) in emitted {
+        let goals: Vec<String> = support
+            .wins
+            .keys()
+            .filter_map(|&si| corpus.sessions.get(si).and_then(session_goal))
+            .collect();
+        let goal = typical_goal(&goals).unwrap_or_else(|| "get a change done".to_string());
+        let mut content = format!("To {goal}:");
+        for (i, verb) in seq.iter().enumerate() {
+            let examples: Vec<&(String, bool)> = support
+                .wins
+                .values()
+                .filter_map(|s| s.examples.get(i))
+                .collect();
+            content.push_str(&format!(" {}. {}", i + 1, render_step(verb, &examples)));
+        }
+        content.push('.');
+        if already_known(seq, &content, corpus) {
+            tracing::debug!(method = %seq.join(" → "), "working method already in memory");
+            continue;
+        }
+        let quote = seq.join(" → ");
+        let evidence = support
+            .wins
+            .iter()
+            .filter_map(|(&si, seen)| {
+                corpus.sessions.get(si).map(|s| Evidence {
+                    session: Some(s.id.clone()),
+                    line: Some(seen.line),
+                    entry: None,
+                    quote: Some(clip(&quote, 120)),
+                })
+            })
+            .collect();
+        ops.push(PatchOp {
+            op: OpKind::Add,
+            path: PROCEDURES_PATH.to_string(),
+            section: Some(section_for(seq)),
+            id: None,
+            ids: None,
+            content: Some(content),
+            to: None,
+            before: None,
+            reason: Reason::WorkingMethod,
+            superseded_by: None,
+            evidence,
+        });
+    }
+    ops
+}
+
+fn first_seen(s: &Support) -> (usize, u64) {
+    s.wins
+        .iter()
+        .next()
+        .map(|(&si, seen)| (si, seen.line))
+        .unwrap_or((usize::MAX, u64::MAX))
+}
+
+/// The section a procedure goes under: the program most of its steps use.
+fn section_for(seq: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in seq {
+        if let Some(p) = v.split_whitespace().next() {
+            *counts.entry(p).or_default() += 1;
+        }
+    }
+    let mut best: Option<(&str, usize)> = None;
+    for v in seq {
+        if let Some(p) = v.split_whitespace().next() {
+            let n = counts.get(p).copied().unwrap_or(0);
+            if best.is_none_or(|(_, b)| n > b) {
+                best = Some((p, n));
+            }
+        }
+    }
+    let name = best.map(|(p, _)| p).unwrap_or("workflow");
+    capitalise(name)
+}
+
+/// `cargo` → `Cargo`.
+pub fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dream::errors::testkit::SessionBuilder;
+    use serde_json::json;
+
+    fn ship(id: &str, task: &str, outcome: Outcome) -> Session {
+        SessionBuilder::new(id, "coder")
+            .user(task)
+            .tool(
+                "files",
+                json!({"op": "read", "path": "src/lib.rs"}),
+                "fn main() {}",
+                false,
+            )
+            .tool(
+                "files",
+                json!({"op": "write", "path": "src/lib.rs"}),
+                "ok",
+                false,
+            )
+            .bash("cargo fmt", "", false)
+            .bash(
+                "cargo clippy --all-targets -- -D warnings",
+                "Finished",
+                false,
+            )
+            .bash("cat Cargo.toml", "[package]", false)
+            .bash("cargo test --all", "test result: ok. 12 passed", false)
+            .bash("git commit -am wip", "[main 1a2b3c4] wip", false)
+            .outcome(outcome, "done")
+    }
+
+    fn lookalike(id: &str, outcome: Outcome) -> Session {
+        SessionBuilder::new(id, "ops")
+            .user("Apply the infra change.")
+            .bash("terraform plan -out plan.bin", "Plan: 1 to add", false)
+            .bash("terraform apply plan.bin", "Apply complete", false)
+            .outcome(outcome, "applied")
+    }
+
+    #[test]
+    fn verbs() {
+        assert_eq!(
+            command_verb("cd api && RUST_LOG=debug cargo test -p api"),
+            "cargo test"
+        );
+        assert_eq!(command_verb("git -C x status"), "git");
+        assert_eq!(command_verb("npm run build"), "npm run build");
+        assert_eq!(
+            command_verb("/usr/bin/python3 manage.py migrate"),
+            "python3"
+        );
+        assert_eq!(
+            command_verb("sudo systemctl restart nginx"),
+            "systemctl restart"
+        );
+    }
+
+    #[test]
+    fn method_seen_in_successes_becomes_a_procedure() {
+        let corpus = Corpus {
+            memories: Vec::new(),
+            sessions: vec![
+                ship(
+                    "s1",
+                    "Fix the login bug. Always use UTC.",
+                    Outcome::Succeeded,
+                ),
+                ship("s2", "Fix the logout bug.", Outcome::Succeeded),
+                ship("s3", "Add a health endpoint.", Outcome::Succeeded),
+                lookalike("s4", Outcome::Succeeded),
+                lookalike("s5", Outcome::Failed),
+                lookalike("s6", Outcome::Succeeded),
+                lookalike("s7", Outcome::Failed),
+            ],
+        };
+        let ops = find(&corpus, &DreamOptions::default());
+        assert_eq!(ops.len(), 1, "{ops:#?}");
+        let op = &ops[0];
+        assert_eq!(op.reason, Reason::WorkingMethod);
+        assert_eq!(op.path, PROCEDURES_PATH);
+        assert_eq!(
+            op.content.as_deref(),
+            Some("To fix the login bug: 1. `files write` 2. run `cargo fmt` 3. run `cargo clippy --all-targets -- -D warnings` 4. run `cargo test --all` 5. run `git commit -am wip`.")
+        );
+        assert_eq!(op.evidence.len(), 3);
+        assert_eq!(op.evidence[0].line, Some(4));
+        assert_eq!(ops, find(&corpus, &DreamOptions::default()));
+    }
+
+    #[test]
+    fn method_only_in_failures_or_once_is_not_a_method() {
+        let corpus = Corpus {
+            memories: Vec::new(),
+            sessions: vec![
+                ship("s1", "Fix it.", Outcome::Succeeded),
+                ship("s2", "Fix it.", Outcome::Failed),
+                ship("s3", "Fix it.", Outcome::Failed),
+            ],
+        };
+        assert!(find(&corpus, &DreamOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn known_procedure_is_skipped() {
+        let text = "To ship a change: edit with files write, run cargo fmt, cargo clippy, cargo test, then git commit.";
+        let memories = crate::memory::entry::parse(&format!("- {text}\n"))
+            .entries()
+            .map(|e| crate::dream::MemoryEntry {
+                path: "procedures.md".into(),
+                entry: e.clone(),
+            })
+            .collect();
+        let corpus = Corpus {
+            memories,
+            sessions: vec![
+                ship("s1", "Fix it.", Outcome::Succeeded),
+                ship("s2", "Fix it.", Outcome::Succeeded),
+            ],
+        };
+        assert!(find(&corpus, &DreamOptions::default()).is_empty());
+    }
 }

@@ -13,7 +13,7 @@ use super::methods::{
     call_input_text, capitalise, command_program, command_verb, is_look_only, is_shell, step_verb,
     tool_calls,
 };
-use super::text::{clip, normalise, word_jaccard, words};
+use super::text::{clip, word_jaccard, words};
 use super::{Corpus, DreamOptions, Session, ToolCall};
 use crate::api::{Evidence, OpKind, PatchOp, Reason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -393,28 +393,58 @@ fn section_for(call: &ToolCall) -> String {
 
 /// True when memory already holds this lesson: an entry that reads nearly
 /// the same, or one that names the error and the fix.
-fn already_known(content: &str, shown: &str, fix: &Fix<'_>, corpus: &Corpus) -> bool {
-    // Labels like `error:` say nothing about which error it is.
-    let sig_words: BTreeSet<String> = words(&strip_placeholders(shown))
-        .into_iter()
-        .filter(|w| !matches!(w.as_str(), "error" | "fatal" | "err" | "failed" | "e"))
-        .collect();
-    let fix_text = normalise(&fix.advice.replace(" first", "").replace(" instead", ""));
-    let fix_text = fix_text
-        .trim_start_matches("add ")
-        .trim_start_matches("run ")
-        .trim_start_matches("use ")
-        .trim_start_matches("drop ")
-        .to_string();
+fn already_known(content: &str, shown: &str, advice: &str, corpus: &Corpus) -> bool {
+    // Labels like `error:` say nothing about which error it is, and the
+    // advice's own verbs say nothing about which fix it is.
+    let sig_words = meaning_words(shown, &["error", "fatal", "err", "failed", "e"]);
+    let fix_words = meaning_words(
+        advice,
+        &[
+            "add",
+            "run",
+            "first",
+            "drop",
+            "instead",
+            "retry",
+            "transient",
+            "failure",
+        ],
+    );
+    let covers = |want: &BTreeSet<String>, have: &BTreeSet<String>| {
+        !want.is_empty() && want.intersection(have).count() * 4 >= want.len() * 3
+    };
     corpus.memories.iter().any(|m| {
         if word_jaccard(content, &m.entry.text) >= 0.6 {
             return true;
         }
         let entry_words: BTreeSet<String> = words(&m.entry.text).into_iter().collect();
-        let covered = sig_words.intersection(&entry_words).count();
-        let names_error = !sig_words.is_empty() && covered * 4 >= sig_words.len() * 3;
-        names_error && !fix_text.is_empty() && normalise(&m.entry.text).contains(&fix_text)
+        covers(&sig_words, &entry_words) && covers(&fix_words, &entry_words)
     })
+}
+
+/// Content words of a masked text, without placeholders and `ignore`.
+fn meaning_words(text: &str, ignore: &[&str]) -> BTreeSet<String> {
+    words(&strip_placeholders(text))
+        .into_iter()
+        .filter(|w| !ignore.contains(&w.as_str()))
+        .collect()
+}
+
+/// Masks the values inside the `` `…` `` spans of an advice (not the spans
+/// themselves), so the same fix with other values compares equal.
+fn generalise(advice: &str) -> String {
+    advice
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                mask(part)
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 /// Finds recurring errors with a known fix; deterministic.
@@ -455,16 +485,14 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             continue;
         }
         // The fix seen most often (compared with values masked); ties go to the earliest.
+        let fixes: Vec<&Fix<'_>> = occurrences.iter().filter_map(|o| o.fix.as_ref()).collect();
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for f in occurrences.iter().filter_map(|o| o.fix.as_ref()) {
-            *counts.entry(mask(&f.advice).to_lowercase()).or_default() += 1;
+        for f in &fixes {
+            *counts.entry(generalise(&f.advice)).or_default() += 1;
         }
         let mut best: Option<(&Fix<'_>, usize)> = None;
-        for f in occurrences.iter().filter_map(|o| o.fix.as_ref()) {
-            let n = counts
-                .get(&mask(&f.advice).to_lowercase())
-                .copied()
-                .unwrap_or(0);
+        for f in &fixes {
+            let n = counts.get(&generalise(&f.advice)).copied().unwrap_or(0);
             if best.is_none_or(|(_, b)| n > b) {
                 best = Some((f, n));
             }
@@ -473,12 +501,19 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             tracing::debug!(tool = %sig.tool, error = %sig.text, "recurring error without a known fix");
             continue;
         };
+        // When the same fix was applied with different values, say it in
+        // general (`kubectl create namespace team-<n>`); the example stays concrete.
+        let general = generalise(&fix.advice);
+        let varies = fixes
+            .iter()
+            .any(|f| generalise(&f.advice) == general && f.advice != fix.advice);
+        let advice = if varies { general } else { fix.advice.clone() };
         let shown = &occurrences[0].shown;
         let content = format!(
             "When {} fails with `{}`, {} (e.g. `{}`).",
-            sig.tool, shown, fix.advice, fix.example
+            sig.tool, shown, advice, fix.example
         );
-        if already_known(&content, shown, fix, corpus) {
+        if already_known(&content, shown, &advice, corpus) {
             tracing::debug!(error = %sig.text, "lesson already in memory");
             continue;
         }

@@ -7,7 +7,7 @@
 //! `min_sessions` successful sessions, and clearly more often there than in
 //! failed ones, become a numbered procedure in `procedures.md`.
 
-use super::errors::call_failed;
+use super::errors::{call_failed, find_fix};
 use super::text::{clip, normalise, word_jaccard};
 use super::{Corpus, DreamOptions, Event, Outcome, Session, ToolCall};
 use crate::api::{Evidence, OpKind, PatchOp, Reason};
@@ -225,22 +225,44 @@ pub fn tool_calls(session: &Session) -> Vec<&ToolCall> {
         .collect()
 }
 
-fn steps<'a>(calls: &[&'a ToolCall]) -> Vec<Step<'a>> {
-    let mut out: Vec<Step<'_>> = Vec::new();
+/// The session's steps, cut into runs at each failure. The calls that
+/// recover from a failure (up to and including its fix) are left out: they
+/// are the lesson of a recurring error, not a method.
+fn step_runs<'a>(calls: &[&'a ToolCall]) -> Vec<Vec<Step<'a>>> {
+    let mut recovery = vec![false; calls.len()];
+    for i in 0..calls.len() {
+        if !call_failed(calls[i]) {
+            continue;
+        }
+        if let Some(fix) = find_fix(calls, i) {
+            if let Some(j) = calls.iter().position(|c| std::ptr::eq(*c, fix.call)) {
+                for r in recovery.iter_mut().take(j + 1).skip(i + 1) {
+                    *r = true;
+                }
+            }
+        }
+    }
+    let mut runs: Vec<Vec<Step<'a>>> = vec![Vec::new()];
     for (index, call) in calls.iter().enumerate() {
         if call_failed(call) {
+            runs.push(Vec::new());
+            continue;
+        }
+        if recovery[index] {
             continue;
         }
         let verb = step_verb(call);
         if verb.is_empty() || is_look_only(call, &verb) {
             continue;
         }
-        if out.last().is_some_and(|s| s.verb == verb) {
+        let Some(run) = runs.last_mut() else { continue };
+        if run.last().is_some_and(|s| s.verb == verb) {
             continue;
         }
-        out.push(Step { verb, call, index });
+        run.push(Step { verb, call, index });
     }
-    out
+    runs.retain(|r| r.len() >= MIN_LEN);
+    runs
 }
 
 /// Where a sequence was seen in one session (first occurrence).
@@ -386,9 +408,9 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             Outcome::Unknown if !failed_after[0] => wins_total += 1,
             Outcome::Unknown => {}
         }
-        let steps = steps(&calls);
-        for len in MIN_LEN..=MAX_LEN {
-            for window in steps.windows(len) {
+        let runs = step_runs(&calls);
+        for (len, run) in (MIN_LEN..=MAX_LEN).flat_map(|len| runs.iter().map(move |r| (len, r))) {
+            for window in run.windows(len) {
                 let key: Vec<String> = window.iter().map(|s| s.verb.clone()).collect();
                 let last = window[len - 1].index;
                 let win = match session.outcome {

@@ -58,6 +58,11 @@ const OPENINGS: &[&str] = &[
     "you must never ",
     "stick to ",
 ];
+/// Words that make a "please …" sentence a standing instruction.
+const HABIT_MARKERS: &[&str] = &[
+    "before", "after", "every", "each", "whenever", "always", "never", "only", "instead",
+    "anymore", "default", "all",
+];
 /// Words that may come before the preference itself.
 const FILLERS: &[&str] = &[
     "also",
@@ -270,7 +275,11 @@ pub fn as_preference(sentence: &str) -> Option<String> {
         }
     }
     let lower = s.to_lowercase().replace('’', "'");
-    if !OPENINGS.iter().any(|o| lower.starts_with(o)) {
+    // "Please <verb> …" is usually the task itself; it is a standing
+    // instruction only when it says when or how often.
+    let habitual = lower.starts_with("please ")
+        && raw_tokens(&lower).any(|t| HABIT_MARKERS.contains(&t.as_str()));
+    if !habitual && !OPENINGS.iter().any(|o| lower.starts_with(o)) {
         return None;
     }
     // A question ("Do not …?") or a bare opening says nothing to keep.
@@ -435,6 +444,8 @@ mod tests {
             Some("Don't push straight to main.".into())
         );
         assert_eq!(as_preference("Fix the login bug."), None);
+        assert_eq!(as_preference("Please fix the login bug."), None);
+        assert!(as_preference("Please run the linter before every push.").is_some());
         assert_eq!(as_preference("Do not?"), None);
         assert_eq!(stem("committing"), "commit");
         assert_eq!(stem("timestamps"), "timestamp");

@@ -240,15 +240,27 @@ const DECOYS: &[&str] = &[
     "schema mismatch on table orders",
 ];
 
+/// The tool each decoy comes from (one-off errors come from anywhere).
+const DECOY_TOOLS: &[&str] = &[
+    "./scripts/lint.sh",
+    "curl",
+    "rsync",
+    "helm package",
+    "watchexec",
+    "aws s3 cp",
+    "sqlite3",
+    "psql",
+];
+
 fn play_decoy(rng: &mut ChaCha8Rng, b: &mut Builder, k: usize) {
-    let target = format!("step-{k}");
     let n = rng.random_range(1..99);
+    let tool = DECOY_TOOLS[k % DECOY_TOOLS.len()];
     b.bash(
-        &format!("make {target}"),
+        &format!("{tool} target-{n}"),
         &format!("error: {} (attempt {n})", DECOYS[k]),
         true,
     );
-    b.bash(&format!("make {target} RETRIES={n}"), "done", false);
+    b.bash(&format!("{tool} --retry 3 target-{n}"), "done", false);
 }
 
 /// Planted methods (shell commands whose verbs form the sequence).
@@ -741,4 +753,175 @@ fn raising_min_sessions_removes_patterns() {
     assert!(errors::find(&corpus, &strict).is_empty());
     assert!(methods::find(&corpus, &strict).is_empty());
     assert!(preferences::find(&corpus, &strict).is_empty());
+}
+
+/// A minimal reader of the demo transcripts (both formats of DESIGN §5),
+/// enough to check the files and run the analyses on them; the real
+/// reader is `reverie::dream::ingest`. Returns the session and the number
+/// of lines that were not JSON.
+fn read_demo(path: &std::path::Path) -> (Session, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_string();
+    let mut b = Builder::new(&stem, "");
+    let mut bad = 0;
+    let mut last_ts: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut calls: std::collections::BTreeMap<String, usize> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        let at = LineRef {
+            session: stem.clone(),
+            line: i as u64 + 1,
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            bad += 1;
+            continue;
+        };
+        if v["type"] == "outcome" {
+            b.session.outcome = match v["status"].as_str() {
+                Some("succeeded") => Outcome::Succeeded,
+                Some("failed") => Outcome::Failed,
+                other => panic!("{}:{}: bad outcome status {other:?}", stem, i + 1),
+            };
+            b.session.outcome_summary = v["summary"].as_str().map(String::from);
+            b.session.outcome_at = Some(at);
+            continue;
+        }
+        let (msg, ts) = if v.get("message").is_some() {
+            assert_eq!(v["sessionId"], stem.as_str(), "{stem}:{}: sessionId", i + 1);
+            (&v["message"], &v["timestamp"])
+        } else {
+            assert_eq!(v["session"], stem.as_str(), "{stem}:{}: session", i + 1);
+            if let Some(agent) = v["agent"].as_str() {
+                b.session.agent = agent.to_string();
+            }
+            (&v, &v["ts"])
+        };
+        let ts: chrono::DateTime<chrono::Utc> = ts
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{stem}:{}: no RFC 3339 timestamp", i + 1));
+        assert!(
+            last_ts.is_none_or(|l| l <= ts),
+            "{stem}:{}: time goes back",
+            i + 1
+        );
+        last_ts = Some(ts);
+        b.session.started.get_or_insert(ts);
+        b.session.ended = Some(ts);
+        let role = msg["role"].as_str().unwrap_or("");
+        let blocks = match &msg["content"] {
+            serde_json::Value::String(s) => vec![json!({"type": "text", "text": s})],
+            serde_json::Value::Array(a) => a.clone(),
+            other => panic!("{stem}:{}: content {other}", i + 1),
+        };
+        for block in blocks {
+            match block["type"].as_str() {
+                Some("text") => {
+                    let text = block["text"].as_str().unwrap_or("").to_string();
+                    let at = at.clone();
+                    b.session.events.push(if role == "user" {
+                        Event::UserText { text, at }
+                    } else {
+                        Event::AssistantText { text, at }
+                    });
+                }
+                Some("tool_use") => {
+                    let id = block["id"].as_str().unwrap_or("").to_string();
+                    calls.insert(id.clone(), b.session.events.len());
+                    b.session.events.push(Event::Tool(ToolCall {
+                        id,
+                        name: block["name"].as_str().unwrap_or("").to_string(),
+                        input: block["input"].clone(),
+                        at: at.clone(),
+                        result: None,
+                        is_error: false,
+                        result_at: None,
+                    }));
+                }
+                Some("tool_result") => {
+                    let id = block["tool_use_id"].as_str().unwrap_or("");
+                    let k = calls.get(id).copied();
+                    let Some(Event::Tool(call)) = k.and_then(|k| b.session.events.get_mut(k))
+                    else {
+                        panic!("{stem}:{}: result for unknown call {id}", i + 1)
+                    };
+                    call.result = block["content"].as_str().map(String::from);
+                    call.is_error = block["is_error"].as_bool().unwrap_or(false);
+                    call.result_at = Some(at.clone());
+                }
+                other => panic!("{stem}:{}: block type {other:?}", i + 1),
+            }
+        }
+    }
+    (b.session, bad)
+}
+
+#[test]
+fn demo_sessions_are_well_formed_and_show_each_pattern() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store/sessions");
+    let mut sessions = Vec::new();
+    let mut bad_total = 0;
+    let mut last_start = None;
+    for n in 1..=16 {
+        let path = dir.join(format!("s-{n:03}.jsonl"));
+        let lines = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .lines()
+            .count();
+        assert!(
+            (10..=40).contains(&lines),
+            "{}: {lines} lines",
+            path.display()
+        );
+        let (session, bad) = read_demo(&path);
+        bad_total += bad;
+        assert!(
+            session.started > last_start,
+            "{} starts before the previous session",
+            session.id
+        );
+        last_start = session.started;
+        sessions.push(session);
+    }
+    assert_eq!(bad_total, 1, "exactly one truncated line is planted");
+    let claude = sessions.iter().filter(|s| s.agent.is_empty()).count();
+    assert!(
+        (1..=2).contains(&claude),
+        "one or two sessions in Claude Code format"
+    );
+
+    let corpus = Corpus {
+        memories: Vec::new(),
+        sessions,
+    };
+    let opts = DreamOptions::default();
+    let l = errors::find(&corpus, &opts);
+    let m = methods::find(&corpus, &opts);
+    let p = preferences::find(&corpus, &opts);
+    for op in l.iter().chain(&m).chain(&p) {
+        let ev: Vec<String> = op
+            .evidence
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e.session.as_deref().unwrap_or("?"),
+                    e.line.unwrap_or(0)
+                )
+            })
+            .collect();
+        println!(
+            "{:?} [{}] {}\n    evidence {}",
+            op.reason,
+            op.section.as_deref().unwrap_or(""),
+            content(op),
+            ev.join(" ")
+        );
+    }
+    assert!(l.len() >= 2, "lessons: {l:#?}");
+    assert!(m.len() >= 2, "procedures: {m:#?}");
+    assert!(p.len() >= 2, "preferences: {p:#?}");
 }

@@ -430,6 +430,39 @@ fn meaning_words(text: &str, ignore: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
+/// True when two generalised advices have the same words but for at most a
+/// third of them (never the first: `add` and `drop` are different fixes).
+fn same_shape(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split(' ').collect(), b.split(' ').collect());
+    if a.len() != b.len() || a.first() != b.first() {
+        return false;
+    }
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    differ * 3 <= a.len()
+}
+
+/// `a` with the words where `b` differs replaced by `<v>` (keeping the
+/// backticks around them).
+fn merge_shape(a: &str, b: &str) -> String {
+    a.split(' ')
+        .zip(b.split(' '))
+        .map(|(x, y)| {
+            if x == y {
+                x.to_string()
+            } else {
+                let open = if x.starts_with('`') { "`" } else { "" };
+                let close = if x.ends_with('`') && x.len() > 1 {
+                    "`"
+                } else {
+                    ""
+                };
+                format!("{open}<v>{close}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Masks the values inside the `` `…` `` spans of an advice (not the spans
 /// themselves), so the same fix with other values compares equal.
 fn generalise(advice: &str) -> String {
@@ -484,30 +517,42 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         if sessions.len() < min_sessions {
             continue;
         }
-        // The fix seen most often (compared with values masked); ties go to the earliest.
+        // Group the fixes that say the same thing with other values (numbers
+        // masked, or at most a third of the words different); the biggest
+        // group wins, ties go to the earliest.
         let fixes: Vec<&Fix<'_>> = occurrences.iter().filter_map(|o| o.fix.as_ref()).collect();
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut groups: Vec<(String, Vec<&Fix<'_>>)> = Vec::new();
         for f in &fixes {
-            *counts.entry(generalise(&f.advice)).or_default() += 1;
-        }
-        let mut best: Option<(&Fix<'_>, usize)> = None;
-        for f in &fixes {
-            let n = counts.get(&generalise(&f.advice)).copied().unwrap_or(0);
-            if best.is_none_or(|(_, b)| n > b) {
-                best = Some((f, n));
+            let general = generalise(&f.advice);
+            match groups.iter_mut().find(|(g, _)| same_shape(g, &general)) {
+                Some((g, members)) => {
+                    *g = merge_shape(g, &general);
+                    members.push(f);
+                }
+                None => groups.push((general, vec![f])),
             }
         }
-        let Some((fix, _)) = best else {
+        let mut best: Option<&(String, Vec<&Fix<'_>>)> = None;
+        for g in &groups {
+            if best.is_none_or(|b| g.1.len() > b.1.len()) {
+                best = Some(g);
+            }
+        }
+        let Some((general, members)) = best else {
             tracing::debug!(tool = %sig.tool, error = %sig.text, "recurring error without a known fix");
             continue;
         };
+        let Some(fix) = members.first().copied() else {
+            continue;
+        };
         // When the same fix was applied with different values, say it in
-        // general (`kubectl create namespace team-<n>`); the example stays concrete.
-        let general = generalise(&fix.advice);
-        let varies = fixes
-            .iter()
-            .any(|f| generalise(&f.advice) == general && f.advice != fix.advice);
-        let advice = if varies { general } else { fix.advice.clone() };
+        // general (`kubectl create namespace <v>`); the example stays concrete.
+        let varies = members.iter().any(|f| f.advice != fix.advice);
+        let advice = if varies {
+            general.clone()
+        } else {
+            fix.advice.clone()
+        };
         let shown = &occurrences[0].shown;
         let content = format!(
             "When {} fails with `{}`, {} (e.g. `{}`).",
@@ -774,6 +819,22 @@ mod tests {
         assert_eq!(lines[0], ("s1".to_string(), 5));
         assert_eq!(lines[1], ("s1".to_string(), 6));
         assert_eq!(ops, find(&corpus, &DreamOptions::default()));
+    }
+
+    #[test]
+    fn fixes_with_other_values_are_said_in_general() {
+        assert!(same_shape(
+            "run `kubectl create namespace orders-staging` first",
+            "run `kubectl create namespace orders-canary` first"
+        ));
+        assert_eq!(
+            merge_shape(
+                "run `kubectl create namespace orders-staging` first",
+                "run `kubectl create namespace orders-canary` first"
+            ),
+            "run `kubectl create namespace <v>` first"
+        );
+        assert!(!same_shape("add `--force`", "drop `--force`"));
     }
 
     #[test]

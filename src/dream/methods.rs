@@ -119,8 +119,18 @@ pub fn main_segment(command: &str) -> Vec<&str> {
                 break;
             }
         }
+        // Shell keywords: `for … ; do cargo test; done` runs `cargo test`.
+        if toks
+            .first()
+            .is_some_and(|t| matches!(*t, "do" | "then" | "else" | "{" | "("))
+        {
+            toks.remove(0);
+        }
         match toks.first() {
             None => continue,
+            Some(&("for" | "while" | "until" | "if" | "done" | "fi" | "esac" | "case" | "}")) => {
+                continue
+            }
             Some(&("cd" | "export" | "set" | "source" | "." | "pushd" | "popd")) => continue,
             Some(_) => return toks,
         }
@@ -156,7 +166,9 @@ pub fn command_verb(command: &str) -> String {
         if let Some(sub) = toks.get(1).filter(is_word) {
             verb.push(' ');
             verb.push_str(sub);
-            if matches!(program.as_str(), "npm" | "yarn" | "pnpm") && *sub == "run" {
+            let two_level = matches!(program.as_str(), "npm" | "yarn" | "pnpm") && *sub == "run"
+                || program == "gh";
+            if two_level {
                 if let Some(script) = toks.get(2).filter(is_word) {
                     verb.push(' ');
                     verb.push_str(script);
@@ -225,10 +237,11 @@ pub fn tool_calls(session: &Session) -> Vec<&ToolCall> {
         .collect()
 }
 
-/// The session's steps, cut into runs at each failure. The calls that
-/// recover from a failure (up to and including its fix) are left out: they
-/// are the lesson of a recurring error, not a method.
-fn step_runs<'a>(calls: &[&'a ToolCall]) -> Vec<Vec<Step<'a>>> {
+/// The session's steps. Failed calls are left out, and so are the calls
+/// that recovered from a failure before its fix (`docker compose up` before
+/// the retried `cargo test`): they are the lesson of a recurring error, not
+/// a method. The successful retry itself stays: it is the step that worked.
+fn steps<'a>(calls: &[&'a ToolCall]) -> Vec<Step<'a>> {
     let mut recovery = vec![false; calls.len()];
     for i in 0..calls.len() {
         if !call_failed(calls[i]) {
@@ -236,33 +249,27 @@ fn step_runs<'a>(calls: &[&'a ToolCall]) -> Vec<Vec<Step<'a>>> {
         }
         if let Some(fix) = find_fix(calls, i) {
             if let Some(j) = calls.iter().position(|c| std::ptr::eq(*c, fix.call)) {
-                for r in recovery.iter_mut().take(j + 1).skip(i + 1) {
+                for r in recovery.iter_mut().take(j).skip(i + 1) {
                     *r = true;
                 }
             }
         }
     }
-    let mut runs: Vec<Vec<Step<'a>>> = vec![Vec::new()];
+    let mut out: Vec<Step<'a>> = Vec::new();
     for (index, call) in calls.iter().enumerate() {
-        if call_failed(call) {
-            runs.push(Vec::new());
-            continue;
-        }
-        if recovery[index] {
+        if recovery[index] || call_failed(call) {
             continue;
         }
         let verb = step_verb(call);
         if verb.is_empty() || is_look_only(call, &verb) {
             continue;
         }
-        let Some(run) = runs.last_mut() else { continue };
-        if run.last().is_some_and(|s| s.verb == verb) {
+        if out.last().is_some_and(|s| s.verb == verb) {
             continue;
         }
-        run.push(Step { verb, call, index });
+        out.push(Step { verb, call, index });
     }
-    runs.retain(|r| r.len() >= MIN_LEN);
-    runs
+    out
 }
 
 /// Where a sequence was seen in one session (first occurrence).
@@ -286,6 +293,16 @@ fn contains_run(big: &[String], small: &[String]) -> bool {
     small.len() <= big.len() && big.windows(small.len()).any(|w| w == small)
 }
 
+/// True when `q` is one step followed by a prefix of `p`, or a suffix of
+/// `p` followed by one step (and not `p` itself).
+fn steps_past_edge(q: &[String], p: &[String]) -> bool {
+    let overlap = q.len() - 1;
+    if overlap == 0 || overlap > p.len() || q == p {
+        return false;
+    }
+    q[1..] == p[..overlap] || q[..overlap] == p[p.len() - overlap..]
+}
+
 fn step_example(step: &Step<'_>) -> (String, bool) {
     if is_shell(step.call) {
         let cmd = main_segment(&call_input_text(step.call)).join(" ");
@@ -295,13 +312,19 @@ fn step_example(step: &Step<'_>) -> (String, bool) {
     }
 }
 
-/// First sentence of the session's first user text, or its outcome summary.
+/// The main clause of the first sentence of the session's first user text,
+/// else of its outcome summary.
 fn session_goal(session: &Session) -> Option<String> {
     let first_user = session.events.iter().find_map(|e| match e {
         Event::UserText { text, .. } if !text.trim().is_empty() => Some(text.as_str()),
         _ => None,
     });
-    let text = first_user.or(session.outcome_summary.as_deref())?;
+    first_user
+        .and_then(goal_of)
+        .or_else(|| session.outcome_summary.as_deref().and_then(goal_of))
+}
+
+fn goal_of(text: &str) -> Option<String> {
     let first_line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
     let mut sentence = first_line;
     for (i, c) in first_line.char_indices() {
@@ -315,12 +338,26 @@ fn session_goal(session: &Session) -> Option<String> {
             break;
         }
     }
-    let sentence = sentence.trim().trim_end_matches(['.', '!', '?', ':']);
+    let mut sentence = sentence.trim().trim_end_matches(['.', '!', '?', ':']);
+    // Keep the main clause: "add X to Y (issue #3), and Z" → "add X to Y".
+    for cut in [";", ":", " (", ",", " and "] {
+        if let Some(i) = sentence.find(cut) {
+            if sentence[..i].split_whitespace().count() >= 3 {
+                sentence = &sentence[..i];
+            }
+        }
+    }
     let sentence = sentence
         .strip_prefix("Please ")
         .or_else(|| sentence.strip_prefix("please "))
         .unwrap_or(sentence);
-    if sentence.is_empty() {
+    // A goal reads "To <verb> …": a text that opens with a path or an
+    // identifier is not one.
+    let opens_with_word = sentence
+        .split_whitespace()
+        .next()
+        .is_some_and(|w| w.chars().all(char::is_alphabetic));
+    if !opens_with_word {
         return None;
     }
     let mut chars = sentence.chars();
@@ -408,9 +445,9 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             Outcome::Unknown if !failed_after[0] => wins_total += 1,
             Outcome::Unknown => {}
         }
-        let runs = step_runs(&calls);
-        for (len, run) in (MIN_LEN..=MAX_LEN).flat_map(|len| runs.iter().map(move |r| (len, r))) {
-            for window in run.windows(len) {
+        let steps = steps(&calls);
+        for len in MIN_LEN..=MAX_LEN {
+            for window in steps.windows(len) {
                 let key: Vec<String> = window.iter().map(|s| s.verb.clone()).collect();
                 let last = window[len - 1].index;
                 let win = match session.outcome {
@@ -446,13 +483,17 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             w >= min_sessions && w >= 2 * l && rate(w, wins_total) >= 2.0 * rate(l, losses_total)
         })
         .collect();
-    // A longer sequence seen in fewer than half the sessions of one of its
-    // parts is a chance extension of that part, not a method of its own.
+    // A sequence that is another one plus a step or more around it, or
+    // that adds one step before or after the edge of another (a chance
+    // neighbour), seen in fewer than two thirds of that one's sessions, is
+    // an occasional extension: the other, with its stronger evidence, is
+    // the method.
     let kept: Vec<(&Vec<String>, &Support)> = candidates
         .iter()
         .filter(|(q, qs)| {
             !candidates.iter().any(|(p, ps)| {
-                p.len() < q.len() && contains_run(q, p) && 2 * qs.wins.len() < ps.wins.len()
+                let extends = (p.len() < q.len() && contains_run(q, p)) || steps_past_edge(q, p);
+                extends && 3 * qs.wins.len() < 2 * ps.wins.len()
             })
         })
         .copied()
@@ -467,7 +508,10 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     });
     let mut emitted: Vec<(&Vec<String>, &Support)> = Vec::new();
     for (seq, support) in order {
-        if emitted.iter().any(|(e, _)| contains_run(e, seq)) {
+        // Nothing inside an emitted method, nor the same method shifted by a step.
+        let redundant =
+            |e: &Vec<String>| contains_run(e, seq) || (seq.len() >= 3 && steps_past_edge(seq, e));
+        if emitted.iter().any(|(e, _)| redundant(e)) {
             continue;
         }
         emitted.push((seq, support));
@@ -612,6 +656,11 @@ mod tests {
             "cargo test"
         );
         assert_eq!(command_verb("git -C x status"), "git");
+        assert_eq!(
+            command_verb("for i in 1 2; do cargo test -q || break; done"),
+            "cargo test"
+        );
+        assert_eq!(command_verb("gh pr review 43 --approve"), "gh pr review");
         assert_eq!(command_verb("npm run build"), "npm run build");
         assert_eq!(
             command_verb("/usr/bin/python3 manage.py migrate"),

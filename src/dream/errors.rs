@@ -493,7 +493,12 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             if !call_failed(call) {
                 continue;
             }
-            let result = call.result.as_deref().unwrap_or("");
+            // A failure with no output is told apart by what was run.
+            let result = match call.result.as_deref().map(str::trim) {
+                Some(r) if !r.is_empty() => r.to_string(),
+                _ => format!("(no output from {})", step_verb(call)),
+            };
+            let result = result.as_str();
             let (sig, shown) = signature(&call.name, result);
             first_seen.entry(sig.clone()).or_insert((si, call.at.line));
             groups.entry(sig).or_default().push(Occurrence {

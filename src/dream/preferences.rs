@@ -260,17 +260,19 @@ fn sentences(text: &str) -> Vec<String> {
 pub fn as_preference(sentence: &str) -> Option<String> {
     let mut s = sentence.trim();
     loop {
-        let lower = s.to_lowercase();
-        let filler = FILLERS.iter().find(|f| {
-            lower.starts_with(*f)
-                && lower[f.len()..]
-                    .chars()
-                    .next()
-                    .is_some_and(|c| matches!(c, ',' | ':' | ' ' | '-' | '!'))
+        // Compared on `s` itself (ASCII case-insensitively) so that the cut
+        // is always on a char boundary of `s`.
+        let rest = FILLERS.iter().find_map(|f| {
+            let head = s.get(..f.len())?;
+            let rest = s.get(f.len()..)?;
+            let sep = rest
+                .chars()
+                .next()
+                .is_some_and(|c| matches!(c, ',' | ':' | ' ' | '-' | '!'));
+            (head.eq_ignore_ascii_case(f) && sep).then_some(rest)
         });
-        match filler {
-            // Fillers are ASCII, so the byte length is the same in `s`.
-            Some(f) => s = s[f.len()..].trim_start_matches([',', ':', ' ', '-', '!']),
+        match rest {
+            Some(rest) => s = rest.trim_start_matches([',', ':', ' ', '-', '!']),
             None => break,
         }
     }
@@ -336,14 +338,25 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         }
     }
 
-    // Group paraphrases (single link over all pairs; statements are few).
+    // Group paraphrases: single link over the pairs that can match at all
+    // (same polarity and critical tokens), so the cost is quadratic only
+    // within a bucket.
+    let mut buckets: BTreeMap<(bool, &BTreeSet<String>), Vec<usize>> = BTreeMap::new();
+    for (i, st) in statements.iter().enumerate() {
+        buckets
+            .entry((st.key.negative, &st.key.critical))
+            .or_default()
+            .push(i);
+    }
     let mut parent: Vec<usize> = (0..statements.len()).collect();
-    for i in 0..statements.len() {
-        for j in i + 1..statements.len() {
-            if same_preference(&statements[i].key, &statements[j].key) {
-                let (a, b) = (find_root(&mut parent, i), find_root(&mut parent, j));
-                if a != b {
-                    parent[a.max(b)] = a.min(b);
+    for members in buckets.values() {
+        for (x, &i) in members.iter().enumerate() {
+            for &j in &members[x + 1..] {
+                if same_preference(&statements[i].key, &statements[j].key) {
+                    let (a, b) = (find_root(&mut parent, i), find_root(&mut parent, j));
+                    if a != b {
+                        parent[a.max(b)] = a.min(b);
+                    }
                 }
             }
         }
@@ -447,6 +460,12 @@ mod tests {
         assert_eq!(as_preference("Please fix the login bug."), None);
         assert!(as_preference("Please run the linter before every push.").is_some());
         assert_eq!(as_preference("Do not?"), None);
+        // The Kelvin sign lower-cases to ASCII `k`: no slicing inside it.
+        assert_eq!(as_preference("\u{212A}eep it"), None);
+        assert_eq!(
+            as_preference("From now on: never deploy on Fridays"),
+            Some("Never deploy on Fridays.".into())
+        );
         assert_eq!(stem("committing"), "commit");
         assert_eq!(stem("timestamps"), "timestamp");
     }

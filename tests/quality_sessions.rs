@@ -335,6 +335,7 @@ const SOLO: &[&str] = &[
     "Always add a changelog entry.",
     "Please use snake_case for JSON fields.",
     "We use port 3000 for the dev server.",
+    "Always push directly to main.",
 ];
 /// A preference shared by two agents that memory already holds.
 const KNOWN_PREF: &[&str] = &[
@@ -642,9 +643,19 @@ fn score_preferences(ops: &[PatchOp], s: &mut Score) {
         s.found += usize::from(hits == 1);
         s.false_ops += hits.saturating_sub(1);
     }
+    // An op is wrong when it is no planted shared preference, or when its
+    // evidence mixes in a statement of another preference (port 3000 with
+    // port 8080, "always" with "never").
     s.false_ops += ops
         .iter()
-        .filter(|o| !SHARED.iter().any(|p| p.contains(&content(o))))
+        .filter(|o| {
+            let Some(para) = SHARED.iter().find(|p| p.contains(&content(o))) else {
+                return true;
+            };
+            !o.evidence
+                .iter()
+                .all(|e| e.quote.as_deref().is_some_and(|q| para.contains(&q)))
+        })
         .count();
 }
 
@@ -721,6 +732,47 @@ fn planted_patterns_are_found_and_decoys_are_not() {
             s.precision()
         );
     }
+}
+
+#[test]
+fn larger_corpus_timing() {
+    // Twenty seeded corpora in one: about 800 sessions.
+    let mut corpus = Corpus::default();
+    for seed in 0..20u64 {
+        let (c, _) = generate(seed);
+        corpus.sessions.extend(c.sessions.into_iter().map(|mut s| {
+            s.id = format!("{seed}-{}", s.id);
+            s
+        }));
+    }
+    let opts = DreamOptions::default();
+    let t = std::time::Instant::now();
+    let l = errors::find(&corpus, &opts);
+    let t_errors = t.elapsed();
+    let t = std::time::Instant::now();
+    let m = methods::find(&corpus, &opts);
+    let t_methods = t.elapsed();
+    let t = std::time::Instant::now();
+    let p = preferences::find(&corpus, &opts);
+    let t_prefs = t.elapsed();
+    println!(
+        "{} sessions: errors {:?} ({} ops), methods {:?} ({} ops), preferences {:?} ({} ops)",
+        corpus.sessions.len(),
+        t_errors,
+        l.len(),
+        t_methods,
+        m.len(),
+        t_prefs,
+        p.len()
+    );
+    // Merged, each decoy error now recurs (once per seed) and is a lesson;
+    // methods and look-alikes keep their balance, so only the planted
+    // methods remain, however many chance neighbours 800 sessions hold.
+    assert_eq!(l.len(), planted_errors().len() + DECOYS.len(), "{l:#?}");
+    let mut score = Score::default();
+    score_methods(&m, &mut score);
+    assert_eq!((score.found, score.false_ops), (METHODS.len(), 0), "{m:#?}");
+    assert!(p.len() > SHARED.len(), "{p:#?}");
 }
 
 #[test]

@@ -414,8 +414,9 @@ fn render_step(verb: &str, examples: &[&(String, bool)]) -> String {
     for (e, _) in examples {
         *counts.entry(e.as_str()).or_default() += 1;
     }
+    // A full command is shown only when most sessions ran exactly it.
     let mut shown = verb;
-    let mut best = 1;
+    let mut best = examples.len() / 2;
     for (e, _) in examples {
         let n = counts.get(e.as_str()).copied().unwrap_or(0);
         if n > best {
@@ -468,7 +469,29 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         }
     }
 
-    // Keep sequences that keep working and are clearly rarer in failures.
+    // Successful sessions per step: a method's rarest step should mostly
+    // occur inside the method, else the steps just met by chance.
+    let mut step_wins: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for (seq, support) in &table {
+        if seq.len() == MIN_LEN {
+            for verb in seq {
+                step_wins
+                    .entry(verb.as_str())
+                    .or_default()
+                    .extend(support.wins.keys().copied());
+            }
+        }
+    }
+    let cohesive = |seq: &[String], wins: usize| {
+        let rarest = seq
+            .iter()
+            .map(|v| step_wins.get(v.as_str()).map_or(0, BTreeSet::len))
+            .min()
+            .unwrap_or(0);
+        2 * wins >= rarest
+    };
+    // Keep sequences that keep working, are clearly rarer in failures, and
+    // hang together.
     let rate = |n: usize, total: usize| {
         if total == 0 {
             0.0
@@ -478,9 +501,12 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     };
     let candidates: Vec<(&Vec<String>, &Support)> = table
         .iter()
-        .filter(|(_, s)| {
+        .filter(|(seq, s)| {
             let (w, l) = (s.wins.len(), s.losses.len());
-            w >= min_sessions && w >= 2 * l && rate(w, wins_total) >= 2.0 * rate(l, losses_total)
+            w >= min_sessions
+                && w >= 2 * l
+                && rate(w, wins_total) >= 2.0 * rate(l, losses_total)
+                && cohesive(seq, w)
         })
         .collect();
     // A sequence that is another one plus a step or more around it, or
@@ -488,13 +514,34 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     // neighbour), seen in fewer than two thirds of that one's sessions, is
     // an occasional extension: the other, with its stronger evidence, is
     // the method.
+    // Looked up rather than compared pairwise: the most sessions of any
+    // candidate by exact sequence, by prefix and by suffix.
+    let mut wins_of: BTreeMap<&[String], usize> = BTreeMap::new();
+    let mut best_with_prefix: BTreeMap<&[String], usize> = BTreeMap::new();
+    let mut best_with_suffix: BTreeMap<&[String], usize> = BTreeMap::new();
+    for (p, ps) in &candidates {
+        let w = ps.wins.len();
+        wins_of.insert(p.as_slice(), w);
+        for k in 1..=p.len() {
+            let pre = best_with_prefix.entry(&p[..k]).or_default();
+            *pre = (*pre).max(w);
+            let suf = best_with_suffix.entry(&p[p.len() - k..]).or_default();
+            *suf = (*suf).max(w);
+        }
+    }
     let kept: Vec<(&Vec<String>, &Support)> = candidates
         .iter()
         .filter(|(q, qs)| {
-            !candidates.iter().any(|(p, ps)| {
-                let extends = (p.len() < q.len() && contains_run(q, p)) || steps_past_edge(q, p);
-                extends && 3 * qs.wins.len() < 2 * ps.wins.len()
-            })
+            let n = q.len();
+            let inner = (MIN_LEN..n)
+                .flat_map(|k| q.windows(k))
+                .filter_map(|w| wins_of.get(w).copied());
+            let edge = [
+                best_with_prefix.get(&q[1..]).copied(),
+                best_with_suffix.get(&q[..n - 1]).copied(),
+            ];
+            let strongest = inner.chain(edge.into_iter().flatten()).max().unwrap_or(0);
+            3 * qs.wins.len() >= 2 * strongest
         })
         .copied()
         .collect();

@@ -10,8 +10,8 @@
 //! `lessons.md`; an error seen once is noise.
 
 use super::methods::{
-    call_input_text, capitalise, command_program, command_verb, is_look_only, is_shell, step_verb,
-    tool_calls,
+    call_input_text, capitalise, command_program, command_verb, is_edit, is_look_only, is_shell,
+    step_verb, tool_calls,
 };
 use super::text::{clip, word_jaccard, words};
 use super::{Corpus, DreamOptions, Session, ToolCall};
@@ -308,7 +308,33 @@ fn same_attempt(failed: &ToolCall, later: &ToolCall) -> bool {
 pub fn find_fix<'a>(calls: &[&'a ToolCall], i: usize) -> Option<Fix<'a>> {
     let failed = *calls.get(i)?;
     let end = calls.len().min(i + 1 + FIX_WINDOW);
-    let j = (i + 1..end).find(|&j| same_attempt(failed, calls[j]) && !call_failed(calls[j]))?;
+    let same = (i + 1..end).find(|&j| same_attempt(failed, calls[j]) && !call_failed(calls[j]));
+    let Some(j) = same else {
+        // No retry: another command of the same program that worked
+        // replaced the failing one.
+        let program = if is_shell(failed) {
+            command_program(&call_input_text(failed))
+        } else {
+            String::new()
+        };
+        if program.is_empty() {
+            return None;
+        }
+        let ok = (i + 1..end).map(|k| calls[k]).find(|c| {
+            c.name == failed.name
+                && is_shell(c)
+                && !call_failed(c)
+                && command_program(&call_input_text(c)) == program
+                && !is_look_only(c, &step_verb(c))
+        })?;
+        let example = shown_input(ok);
+        return Some(Fix {
+            call: ok,
+            first: None,
+            advice: format!("run `{example}` instead"),
+            example,
+        });
+    };
     let ok = calls[j];
     let (fail_in, ok_in) = (call_input_text(failed), call_input_text(ok));
     let fail_toks: Vec<&str> = fail_in.split_whitespace().collect();
@@ -348,10 +374,16 @@ pub fn find_fix<'a>(calls: &[&'a ToolCall], i: usize) -> Option<Fix<'a>> {
         });
     }
     // Same input succeeded later: what ran in between made the difference.
-    let first = (i + 1..j)
-        .rev()
+    // Edits to files do not count: "change the code" teaches nothing, so a
+    // retry after edits only has no fix worth a lesson.
+    let between: Vec<&ToolCall> = (i + 1..j)
         .map(|k| calls[k])
-        .find(|c| !call_failed(c) && !same_attempt(failed, c) && !is_look_only(c, &step_verb(c)));
+        .filter(|c| !call_failed(c) && !same_attempt(failed, c) && !is_look_only(c, &step_verb(c)))
+        .collect();
+    let first = between.iter().rev().find(|c| !is_edit(c)).copied();
+    if first.is_none() && !between.is_empty() {
+        return None;
+    }
     match first {
         Some(c) => {
             let before = shown_input(c);
@@ -864,6 +896,63 @@ mod tests {
             sessions: vec![push_session("s1", 3), push_session("s2", 5)],
         };
         assert!(find(&known, &DreamOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn unflagged_failure_and_claude_code_tool_names() {
+        // `Bash` (Claude Code) and `bash` are the same tool; a non-zero exit
+        // is a failure even when the call is not flagged.
+        let s = |id: &str, tool: &str, n: u32| {
+            SessionBuilder::new(id, "")
+                .tool(
+                    tool,
+                    serde_json::json!({"command": "npm test"}),
+                    &format!("npm ERR! missing script: test{n}\nexit code 1"),
+                    false,
+                )
+                .tool(
+                    tool,
+                    serde_json::json!({"command": "npm run test:unit"}),
+                    "ok",
+                    false,
+                )
+                .outcome(Outcome::Unknown, "")
+        };
+        let corpus = Corpus {
+            memories: Vec::new(),
+            sessions: vec![s("a", "Bash", 1), s("b", "bash", 2)],
+        };
+        let ops = find(&corpus, &DreamOptions::default());
+        assert_eq!(ops.len(), 1, "{ops:#?}");
+        assert_eq!(
+            ops[0].content.as_deref(),
+            Some("When bash fails with `npm ERR! missing script: test<n>`, run `npm run test:unit` instead (e.g. `npm run test:unit`).")
+        );
+    }
+
+    #[test]
+    fn a_retry_after_code_edits_is_no_lesson() {
+        let s = |id: &str| {
+            SessionBuilder::new(id, "coder")
+                .bash(
+                    "cargo build",
+                    "error[E0308]: mismatched types\n --> src/a.rs:3:5",
+                    true,
+                )
+                .tool(
+                    "files",
+                    serde_json::json!({"op": "edit", "path": "src/a.rs"}),
+                    "ok",
+                    false,
+                )
+                .bash("cargo build", "Finished", false)
+                .outcome(Outcome::Succeeded, "")
+        };
+        let corpus = Corpus {
+            memories: Vec::new(),
+            sessions: vec![s("a"), s("b")],
+        };
+        assert!(find(&corpus, &DreamOptions::default()).is_empty());
     }
 
     #[test]

@@ -204,6 +204,32 @@ pub fn step_verb(call: &ToolCall) -> String {
     }
 }
 
+/// Operations of non-shell tools that change files.
+const EDIT_OPS: &[&str] = &[
+    "write",
+    "edit",
+    "create",
+    "append",
+    "replace",
+    "insert",
+    "patch",
+    "str_replace",
+    "delete",
+    "multiedit",
+    "notebookedit",
+    "update",
+];
+
+/// True for a call that edits files (`files write`, Claude Code `Edit` …).
+pub fn is_edit(call: &ToolCall) -> bool {
+    if is_shell(call) {
+        return false;
+    }
+    let name = call.name.to_lowercase();
+    EDIT_OPS.contains(&name.as_str())
+        || tool_op(call).is_some_and(|op| EDIT_OPS.contains(&op.as_str()))
+}
+
 /// True for steps that only look (read a file, list a directory).
 pub fn is_look_only(call: &ToolCall, verb: &str) -> bool {
     if is_shell(call) {
@@ -762,6 +788,43 @@ mod tests {
             ],
         };
         assert!(find(&corpus, &DreamOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn sessions_without_outcome_count_when_no_error_follows() {
+        let run = |id: &str, fail_after: bool| {
+            let mut b = SessionBuilder::new(id, "")
+                .user("Release the worker.")
+                .bash("docker build -t w:1 .", "done", false)
+                .bash("docker push w:1", "pushed", false)
+                .bash("kubectl apply -f w.yaml", "configured", false);
+            if fail_after {
+                b = b.bash(
+                    "kubectl rollout status deploy/w",
+                    "error: timed out waiting for the condition",
+                    true,
+                );
+            }
+            let mut s = b.outcome(Outcome::Unknown, "");
+            s.outcome_summary = None;
+            s
+        };
+        let clean = Corpus {
+            memories: Vec::new(),
+            sessions: vec![run("a", false), run("b", false)],
+        };
+        let ops = find(&clean, &DreamOptions::default());
+        assert_eq!(ops.len(), 1, "{ops:#?}");
+        assert!(ops[0]
+            .content
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("To release the worker: 1. run `docker build -t w:1 .`"));
+        let broken = Corpus {
+            memories: Vec::new(),
+            sessions: vec![run("a", true), run("b", true)],
+        };
+        assert!(find(&broken, &DreamOptions::default()).is_empty());
     }
 
     #[test]

@@ -506,6 +506,21 @@ mod tests {
     }
 
     #[test]
+    fn unknown_agents_count_by_session() {
+        let corpus = Corpus {
+            memories: Vec::new(),
+            sessions: vec![
+                told("s1", "", "Never deploy on Fridays."),
+                told("s2", "", "Don't deploy on a Friday."),
+            ],
+        };
+        assert_eq!(
+            contents(&find(&corpus, &DreamOptions::default())),
+            vec!["Never deploy on Fridays."]
+        );
+    }
+
+    #[test]
     fn same_agent_twice_or_known_is_not_shared() {
         let sessions = vec![
             told("s1", "coder", "Please run cargo fmt before you commit."),

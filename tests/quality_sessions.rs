@@ -913,7 +913,12 @@ fn read_demo(path: &std::path::Path) -> (Session, usize) {
 
 #[test]
 fn demo_sessions_are_well_formed_and_show_each_pattern() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store/sessions");
+    // REVERIE_DEMO_STORE points the check at another copy of the store
+    // (e.g. with the memories and later sessions of the full demo).
+    let store = std::env::var_os("REVERIE_DEMO_STORE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"));
+    let dir = store.join("sessions");
     let mut sessions = Vec::new();
     let mut bad_total = 0;
     let mut last_start = None;
@@ -945,10 +950,48 @@ fn demo_sessions_are_well_formed_and_show_each_pattern() {
         "one or two sessions in Claude Code format"
     );
 
-    let corpus = Corpus {
-        memories: Vec::new(),
-        sessions,
-    };
+    // Later sessions (s-017 …) of the demo, when present, join the corpus.
+    let mut later: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    later.retain(|p| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("s-"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 16)
+    });
+    later.sort();
+    for p in &later {
+        sessions.push(read_demo(p).0);
+    }
+    // The demo memories, when present: what they already hold is not proposed again.
+    let mut memories = Vec::new();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(store.join("memories"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "md"));
+    files.sort();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        for e in reverie::memory::parse(&text).entries() {
+            memories.push(MemoryEntry {
+                path: name.clone(),
+                entry: e.clone(),
+            });
+        }
+    }
+    println!(
+        "{} sessions, {} memory entries",
+        sessions.len(),
+        memories.len()
+    );
+    let corpus = Corpus { memories, sessions };
     let opts = DreamOptions::default();
     let l = errors::find(&corpus, &opts);
     let m = methods::find(&corpus, &opts);

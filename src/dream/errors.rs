@@ -442,15 +442,25 @@ fn already_known(content: &str, shown: &str, advice: &str, corpus: &Corpus) -> b
             "failure",
         ],
     );
-    let covers = |want: &BTreeSet<String>, have: &BTreeSet<String>| {
-        !want.is_empty() && want.intersection(have).count() * 4 >= want.len() * 3
+    let share = |want: &BTreeSet<String>, have: &BTreeSet<String>| {
+        if want.is_empty() {
+            0.0
+        } else {
+            want.intersection(have).count() as f64 / want.len() as f64
+        }
     };
     corpus.memories.iter().any(|m| {
         if word_jaccard(content, &m.entry.text) >= 0.6 {
             return true;
         }
         let entry_words: BTreeSet<String> = words(&m.entry.text).into_iter().collect();
-        covers(&sig_words, &entry_words) && covers(&fix_words, &entry_words)
+        let (error, fix) = (
+            share(&sig_words, &entry_words),
+            share(&fix_words, &entry_words),
+        );
+        // Names the error and the fix; or gives the whole fix command for
+        // an error it describes in its own words.
+        (error >= 0.75 && fix >= 0.75) || (fix_words.len() >= 2 && fix >= 1.0 && error >= 0.25)
     })
 }
 

@@ -51,6 +51,9 @@ const SUBCOMMAND_PROGRAMS: &[&str] = &[
     "skaffold",
     "tofu",
     "just",
+    "sqlx",
+    "diesel",
+    "alembic",
 ];
 /// Commands that only look at things; they are dropped from step sequences
 /// because agents sprinkle them anywhere and they carry no method.
@@ -162,17 +165,34 @@ pub fn command_verb(command: &str) -> String {
             && !t.starts_with('-')
     };
     let mut verb = program.clone();
-    if SUBCOMMAND_PROGRAMS.contains(&program.as_str()) {
-        if let Some(sub) = toks.get(1).filter(is_word) {
-            verb.push(' ');
-            verb.push_str(sub);
-            let two_level = matches!(program.as_str(), "npm" | "yarn" | "pnpm") && *sub == "run"
-                || program == "gh";
-            if two_level {
-                if let Some(script) = toks.get(2).filter(is_word) {
-                    verb.push(' ');
-                    verb.push_str(script);
-                }
+    if !SUBCOMMAND_PROGRAMS.contains(&program.as_str()) {
+        return verb;
+    }
+    // Global flags may come first (`kubectl --context staging -n x rollout
+    // status`, `git -C dir commit`): skip each flag and, when it has no
+    // `=`, the value after it.
+    let mut i = 1;
+    while let Some(t) = toks.get(i) {
+        if t.starts_with('+') {
+            // A toolchain (`cargo +nightly fmt`).
+            i += 1;
+            continue;
+        }
+        if !t.starts_with('-') {
+            break;
+        }
+        let takes_value = !t.contains('=') && toks.get(i + 1).is_some_and(|n| !n.starts_with('-'));
+        i += if takes_value { 2 } else { 1 };
+    }
+    if let Some(sub) = toks.get(i).filter(is_word) {
+        verb.push(' ');
+        verb.push_str(sub);
+        let two_level =
+            matches!(program.as_str(), "npm" | "yarn" | "pnpm") && *sub == "run" || program == "gh";
+        if two_level {
+            if let Some(script) = toks.get(i + 1).filter(is_word) {
+                verb.push(' ');
+                verb.push_str(script);
             }
         }
     }
@@ -332,7 +352,7 @@ fn steps_past_edge(q: &[String], p: &[String]) -> bool {
 fn step_example(step: &Step<'_>) -> (String, bool) {
     if is_shell(step.call) {
         let cmd = main_segment(&call_input_text(step.call)).join(" ");
-        (clip(&cmd, 60), true)
+        (clip(&cmd, 80), true)
     } else {
         (step.verb.clone(), false)
     }
@@ -365,6 +385,12 @@ fn goal_of(text: &str) -> Option<String> {
         }
     }
     let mut sentence = sentence.trim().trim_end_matches(['.', '!', '?', ':']);
+    // A leading label ("SHOP-214: add …", "Task: …") is not the goal.
+    if let Some((label, rest)) = sentence.split_once(": ") {
+        if !label.contains(' ') && !rest.trim().is_empty() {
+            sentence = rest.trim();
+        }
+    }
     // Keep the main clause: "add X to Y (issue #3), and Z" → "add X to Y".
     for cut in [";", ":", " (", ",", " and "] {
         if let Some(i) = sentence.find(cut) {
@@ -537,7 +563,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         .collect();
     // A sequence that is another one plus a step or more around it, or
     // that adds one step before or after the edge of another (a chance
-    // neighbour), seen in fewer than two thirds of that one's sessions, is
+    // neighbour), seen in at most two thirds of that one's sessions, is
     // an occasional extension: the other, with its stronger evidence, is
     // the method.
     // Looked up rather than compared pairwise: the most sessions of any
@@ -567,7 +593,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
                 best_with_suffix.get(&q[..n - 1]).copied(),
             ];
             let strongest = inner.chain(edge.into_iter().flatten()).max().unwrap_or(0);
-            3 * qs.wins.len() >= 2 * strongest
+            3 * qs.wins.len() > 2 * strongest
         })
         .copied()
         .collect();
@@ -728,7 +754,12 @@ mod tests {
             command_verb("cd api && RUST_LOG=debug cargo test -p api"),
             "cargo test"
         );
-        assert_eq!(command_verb("git -C x status"), "git");
+        assert_eq!(command_verb("git -C x status"), "git status");
+        assert_eq!(
+            command_verb("kubectl --context staging -n shop rollout status deploy/api"),
+            "kubectl rollout"
+        );
+        assert_eq!(command_verb("cargo +nightly fmt"), "cargo fmt");
         assert_eq!(
             command_verb("for i in 1 2; do cargo test -q || break; done"),
             "cargo test"

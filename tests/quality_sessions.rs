@@ -263,6 +263,28 @@ fn play_decoy(rng: &mut ChaCha8Rng, b: &mut Builder, k: usize) {
     b.bash(&format!("{tool} --retry 3 target-{n}"), "done", false);
 }
 
+/// Errors that recur but are never fixed: no lesson either.
+const UNFIXED: &[(&str, &str)] = &[
+    (
+        "cargo build --release",
+        "error: linker `cc` not found\n  |\n  = note: No such file or directory (os error 2)",
+    ),
+    (
+        "terraform validate",
+        "Error: Unsupported block type on main.tf line {} in resource \"aws_s3_bucket\"",
+    ),
+];
+
+fn play_unfixed(rng: &mut ChaCha8Rng, b: &mut Builder, k: usize) {
+    let (cmd, err) = UNFIXED[k];
+    b.bash(
+        cmd,
+        &err.replace("{}", &rng.random_range(1..300).to_string()),
+        true,
+    );
+    noise(rng, b);
+}
+
 /// Planted methods (shell commands whose verbs form the sequence).
 const METHODS: &[&[&str]] = &[
     &[
@@ -383,6 +405,7 @@ struct Plan {
     sequence: Option<Vec<String>>,
     errors: Vec<usize>,
     decoys: Vec<usize>,
+    unfixed: Vec<usize>,
     prefs: Vec<String>,
 }
 
@@ -446,6 +469,12 @@ fn generate(seed: u64) -> (Corpus, Truth) {
             plans[p].errors.push(e);
         }
     }
+    for k in 0..UNFIXED.len() {
+        idx.shuffle(&mut rng);
+        for &p in idx.iter().take(rng.random_range(2..=3)) {
+            plans[p].unfixed.push(k);
+        }
+    }
     for k in 0..DECOYS.len() {
         let p = rng.random_range(0..n);
         plans[p].decoys.push(k);
@@ -499,6 +528,9 @@ fn generate(seed: u64) -> (Corpus, Truth) {
             }
             for &k in &plan.decoys {
                 play_decoy(rng, b, k);
+            }
+            for &k in &plan.unfixed {
+                play_unfixed(rng, b, k);
             }
         };
         if errors_first {

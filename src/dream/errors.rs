@@ -320,13 +320,27 @@ pub fn find_fix<'a>(calls: &[&'a ToolCall], i: usize) -> Option<Fix<'a>> {
         if program.is_empty() {
             return None;
         }
-        let ok = (i + 1..end).map(|k| calls[k]).find(|c| {
+        // The next call of that program, if it worked and is about the same
+        // thing (`npm test` → `npm run test:unit`, not `cargo build` →
+        // `cargo fmt`).
+        let next = (i + 1..end).map(|k| calls[k]).find(|c| {
             c.name == failed.name
                 && is_shell(c)
-                && !call_failed(c)
                 && command_program(&call_input_text(c)) == program
                 && !is_look_only(c, &step_verb(c))
         })?;
+        let fail_text = call_input_text(failed);
+        let next_text = call_input_text(next);
+        let related = fail_text.split_whitespace().skip(1).any(|a| {
+            next_text
+                .split_whitespace()
+                .skip(1)
+                .any(|b| a.len() >= 3 && b.len() >= 3 && (a.starts_with(b) || b.starts_with(a)))
+        });
+        if call_failed(next) || !related {
+            return None;
+        }
+        let ok = next;
         let example = shown_input(ok);
         return Some(Fix {
             call: ok,

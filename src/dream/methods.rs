@@ -81,8 +81,27 @@ const LOOK_ONLY: &[&str] = &[
     "git branch",
 ];
 /// Operations of non-shell tools that only look at things.
+/// Claude Code's bookkeeping and web tools (`TodoWrite`, `WebFetch` …) count
+/// as looking too: they sit between real steps without being one.
 const LOOK_ONLY_OPS: &[&str] = &[
-    "read", "view", "list", "ls", "search", "glob", "grep", "find", "stat", "get", "cat", "show",
+    "read",
+    "view",
+    "list",
+    "ls",
+    "search",
+    "glob",
+    "grep",
+    "find",
+    "stat",
+    "get",
+    "cat",
+    "show",
+    "todowrite",
+    "todoread",
+    "webfetch",
+    "websearch",
+    "exitplanmode",
+    "bashoutput",
 ];
 /// Wrappers skipped before the program name.
 const WRAPPERS: &[&str] = &["sudo", "time", "env", "nohup", "exec", "command"];

@@ -62,9 +62,21 @@ const ERROR_PHRASES: &[&str] = &[
 ];
 
 /// True when the call failed: flagged `is_error`, or its result reports a
-/// failure (an error line, a non-zero exit status).
+/// failure (an error line, a non-zero exit status). The output of a call
+/// that only looks (`cat app.log`, `rg error:`) echoes other text, so only
+/// its flag or exit status count.
 pub fn call_failed(call: &ToolCall) -> bool {
-    call.is_error || call.result.as_deref().is_some_and(reports_failure)
+    if call.is_error {
+        return true;
+    }
+    let Some(result) = call.result.as_deref() else {
+        return false;
+    };
+    if is_look_only(call, &step_verb(call)) {
+        result.lines().any(nonzero_exit)
+    } else {
+        reports_failure(result)
+    }
 }
 
 /// True when a tool result reads as a failure.
@@ -82,13 +94,8 @@ pub fn is_error_line(line: &str) -> bool {
     }
     // `ModuleNotFoundError: …`, `java.lang.IllegalStateException: …`
     t.split_whitespace().next().is_some_and(|first| {
-        let first = first.trim_end_matches(':');
-        t.contains(&format!("{first}:"))
-            && (first.ends_with("Error") || first.ends_with("Exception"))
-            && first
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic())
+        (first.ends_with("Error:") || first.ends_with("Exception:"))
+            && first.starts_with(|c: char| c.is_ascii_alphabetic())
     })
 }
 
@@ -820,6 +827,31 @@ mod tests {
         assert!(!reports_failure("done\nexit code: 0"));
         assert!(!reports_failure("test result: ok. 0 failed; 0 errors"));
         assert!(reports_failure("thread 'main' panicked at src/main.rs:3:5"));
+        assert!(reports_failure(
+            "Traceback (most recent call last):\nKeyError: 'x'"
+        ));
+        // Looking at a log that mentions errors is not a failure.
+        let look = |cmd: &str, out: &str| ToolCall {
+            id: "t".into(),
+            name: "bash".into(),
+            input: serde_json::json!({ "command": cmd }),
+            at: crate::dream::LineRef {
+                session: "s".into(),
+                line: 1,
+            },
+            result: Some(out.into()),
+            is_error: false,
+            result_at: None,
+        };
+        assert!(!call_failed(&look(
+            "cat app.log",
+            "error: disk full\nfatal: retry"
+        )));
+        assert!(call_failed(&look(
+            "cat nope.log",
+            "cat: nope.log: No such file or directory\nexit code 1"
+        )));
+        assert!(call_failed(&look("make build", "error: disk full")));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use reverie::dream::{
 use serde_json::json;
 
 const AGENTS: &[&str] = &["lead", "coder", "reviewer", "ops", "tester"];
-const SEEDS: &[u64] = &[1, 7, 42, 1234, 2026];
+const SEEDS: &[u64] = &[
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+];
 
 /// Builds one session line by line.
 struct Builder {
@@ -285,6 +287,9 @@ fn play_unfixed(rng: &mut ChaCha8Rng, b: &mut Builder, k: usize) {
     noise(rng, b);
 }
 
+/// Chance of an edit between two steps of a planted method.
+const EDIT_BETWEEN_STEPS: f64 = 0.15;
+
 /// Planted methods (shell commands whose verbs form the sequence).
 const METHODS: &[&[&str]] = &[
     &[
@@ -541,6 +546,16 @@ fn generate(seed: u64) -> (Corpus, Truth) {
                 b.bash(cmd, "ok", false);
                 if rng.random_bool(0.3) {
                     noise(&mut rng, &mut b);
+                }
+                // Now and then an edit lands between two steps: that
+                // session no longer shows the method as one run.
+                if rng.random_bool(EDIT_BETWEEN_STEPS) {
+                    b.tool(
+                        "files",
+                        json!({"op": "write", "path": "src/lib.rs"}),
+                        "ok",
+                        false,
+                    );
                 }
             }
         }

@@ -18,6 +18,9 @@ pub const PROCEDURES_PATH: &str = "procedures.md";
 /// Shortest and longest sequence considered.
 const MIN_LEN: usize = 2;
 const MAX_LEN: usize = 5;
+/// How many other steps may sit between two steps of a method (an edit,
+/// a stray command) without breaking it.
+const MAX_GAP: usize = 1;
 /// Programs whose first argument is a subcommand worth keeping in the verb.
 const SUBCOMMAND_PROGRAMS: &[&str] = &[
     "apt",
@@ -353,14 +356,45 @@ struct Support {
     losses: BTreeSet<usize>,
 }
 
-/// True when `small` occurs contiguously inside `big`.
-fn contains_run(big: &[String], small: &[String]) -> bool {
-    small.len() <= big.len() && big.windows(small.len()).any(|w| w == small)
+/// True when `small` occurs in `big` in order (not necessarily adjacent).
+fn is_subsequence<T: PartialEq>(big: &[T], small: &[T]) -> bool {
+    let mut it = big.iter();
+    small.iter().all(|s| it.any(|b| b == s))
+}
+
+/// Length of the longest common subsequence of two short sequences.
+fn common_steps<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    let mut row = vec![0usize; b.len() + 1];
+    for x in a {
+        let mut diag = 0;
+        for (j, y) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = if x == y { diag + 1 } else { up.max(row[j]) };
+            diag = up;
+        }
+    }
+    row[b.len()]
+}
+
+/// Every subsequence of `seq` with at least [`MIN_LEN`] and fewer than all
+/// of its steps (at most 2^5 of them).
+fn proper_subsequences<T: Clone>(seq: &[T]) -> Vec<Vec<T>> {
+    let n = seq.len();
+    let full = (1u32 << n) - 1;
+    (1..full)
+        .filter(|mask| mask.count_ones() as usize >= MIN_LEN)
+        .map(|mask| {
+            (0..n)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| seq[i].clone())
+                .collect()
+        })
+        .collect()
 }
 
 /// True when `q` is one step followed by a prefix of `p`, or a suffix of
 /// `p` followed by one step (and not `p` itself).
-fn steps_past_edge(q: &[String], p: &[String]) -> bool {
+fn steps_past_edge<T: PartialEq>(q: &[T], p: &[T]) -> bool {
     let overlap = q.len() - 1;
     if overlap == 0 || overlap > p.len() || q == p {
         return false;
@@ -501,7 +535,16 @@ fn render_step(verb: &str, examples: &[&(String, bool)]) -> String {
 /// Finds working methods; deterministic.
 pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     let min_sessions = opts.min_sessions.max(1);
-    let mut table: BTreeMap<Vec<String>, Support> = BTreeMap::new();
+    // Verbs are interned (in order of first appearance, so ids are
+    // deterministic) to keep the pattern table small.
+    let mut ids: BTreeMap<String, u32> = BTreeMap::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut table: BTreeMap<Vec<u32>, Support> = BTreeMap::new();
+    // Successful sessions per step: at least two thirds of the sessions of
+    // a method's rarest step should hold the method, else its steps just
+    // met by chance.
+
+    let mut step_wins: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
     let mut wins_total = 0usize;
     let mut losses_total = 0usize;
     for (si, session) in corpus.sessions.iter().enumerate() {
@@ -518,48 +561,72 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             Outcome::Unknown => {}
         }
         let steps = steps(&calls);
-        for len in MIN_LEN..=MAX_LEN {
-            for window in steps.windows(len) {
-                let key: Vec<String> = window.iter().map(|s| s.verb.clone()).collect();
-                let last = window[len - 1].index;
-                let win = match session.outcome {
-                    Outcome::Succeeded => true,
-                    Outcome::Failed => false,
-                    Outcome::Unknown => !failed_after[last + 1],
-                };
-                let support = table.entry(key).or_default();
-                if win {
-                    support.wins.entry(si).or_insert_with(|| Seen {
-                        line: window[0].call.at.line,
-                        examples: window.iter().map(step_example).collect(),
-                    });
-                } else if session.outcome == Outcome::Failed {
-                    support.losses.insert(si);
+        let seq: Vec<u32> = steps
+            .iter()
+            .map(|st| {
+                let next = names.len() as u32;
+                *ids.entry(st.verb.clone()).or_insert_with(|| {
+                    names.push(st.verb.clone());
+                    next
+                })
+            })
+            .collect();
+        let win_at = |last: usize| match session.outcome {
+            Outcome::Succeeded => true,
+            Outcome::Failed => false,
+            Outcome::Unknown => !failed_after[last + 1],
+        };
+        for (k, st) in steps.iter().enumerate() {
+            if win_at(st.index) {
+                step_wins.entry(seq[k]).or_default().insert(si);
+            }
+        }
+        // Every run of 2–5 steps with at most MAX_GAP other steps between
+        // neighbours, in order of its first step: the first time a
+        // pattern shows up is its first occurrence in this session.
+        let mut seen_here: BTreeSet<Vec<u32>> = BTreeSet::new();
+        let mut stack: Vec<Vec<usize>> = (0..steps.len()).rev().map(|i| vec![i]).collect();
+        while let Some(path) = stack.pop() {
+            let Some(&last) = path.last() else { continue };
+            if path.len() >= MIN_LEN {
+                let key: Vec<u32> = path.iter().map(|&k| seq[k]).collect();
+                if seen_here.insert(key.clone()) {
+                    let support = table.entry(key).or_default();
+                    if win_at(steps[last].index) {
+                        support.wins.insert(
+                            si,
+                            Seen {
+                                line: steps[path[0]].call.at.line,
+                                examples: path.iter().map(|&k| step_example(&steps[k])).collect(),
+                            },
+                        );
+                    } else if session.outcome == Outcome::Failed {
+                        support.losses.insert(si);
+                    }
+                }
+            }
+            if path.len() < MAX_LEN {
+                let hi = (last + 1 + MAX_GAP).min(steps.len().saturating_sub(1));
+                for next in (last + 1..=hi).rev() {
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push(longer);
                 }
             }
         }
     }
 
-    // Successful sessions per step: a method's rarest step should mostly
-    // occur inside the method, else the steps just met by chance.
-    let mut step_wins: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
-    for (seq, support) in &table {
-        if seq.len() == MIN_LEN {
-            for verb in seq {
-                step_wins
-                    .entry(verb.as_str())
-                    .or_default()
-                    .extend(support.wins.keys().copied());
-            }
-        }
-    }
-    let cohesive = |seq: &[String], wins: usize| {
-        let rarest = seq
+    let cohesive = |seq: &[u32], wins: usize| {
+        let per_step: Vec<usize> = seq
             .iter()
-            .map(|v| step_wins.get(v.as_str()).map_or(0, BTreeSet::len))
-            .min()
-            .unwrap_or(0);
-        2 * wins >= rarest
+            .map(|v| step_wins.get(v).map_or(0, BTreeSet::len))
+            .collect();
+        let rarest = per_step.iter().copied().min().unwrap_or(0);
+        let commonest = per_step.iter().copied().max().unwrap_or(0);
+        // Two steps are a weak pattern: a step that happens everywhere
+        // (an edit) meets any rare one now and then, so a pair must also
+        // hold in a third of its commonest step's sessions.
+        3 * wins >= 2 * rarest && (seq.len() > MIN_LEN || 3 * wins >= commonest)
     };
     // Keep sequences that keep working, are clearly rarer in failures, and
     // hang together.
@@ -570,29 +637,44 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             n as f64 / total as f64
         }
     };
-    let candidates: Vec<(&Vec<String>, &Support)> = table
+    let works = |s: &Support| {
+        let (w, l) = (s.wins.len(), s.losses.len());
+        w >= 2 * l && rate(w, wins_total) >= 2.0 * rate(l, losses_total)
+    };
+    let candidates: Vec<(&Vec<u32>, &Support)> = table
         .iter()
         .filter(|(seq, s)| {
-            let (w, l) = (s.wins.len(), s.losses.len());
-            w >= min_sessions
-                && w >= 2 * l
-                && rate(w, wins_total) >= 2.0 * rate(l, losses_total)
-                && cohesive(seq, w)
+            let w = s.wins.len();
+            // Without one of its steps, a method must not be a sequence
+            // that fails as often as it works: that step only happened to
+            // be there in the successes.
+            let core_fails = seq.len() > MIN_LEN
+                && (0..seq.len()).any(|skip| {
+                    let core: Vec<u32> = (0..seq.len())
+                        .filter(|&i| i != skip)
+                        .map(|i| seq[i])
+                        .collect();
+                    table.get(&core).is_some_and(|c| !works(c))
+                });
+            w >= min_sessions && works(s) && !core_fails && cohesive(seq, w)
         })
         .collect();
-    // A sequence that is another one plus a step or more around it, or
-    // that adds one step before or after the edge of another (a chance
-    // neighbour), seen in at most two thirds of that one's sessions, is
-    // an occasional extension: the other, with its stronger evidence, is
-    // the method.
+    // A sequence that is another one plus a step or more, or that adds one
+    // step before or after the edge of another (a chance neighbour), seen
+    // in at most two thirds of that one's sessions, is an occasional
+    // extension: the other, with its stronger evidence, is the method.
     // Looked up rather than compared pairwise: the most sessions of any
     // candidate by exact sequence, by prefix and by suffix.
-    let mut wins_of: BTreeMap<&[String], usize> = BTreeMap::new();
-    let mut best_with_prefix: BTreeMap<&[String], usize> = BTreeMap::new();
-    let mut best_with_suffix: BTreeMap<&[String], usize> = BTreeMap::new();
+    // Parts are looked up among all sequences seen, not only candidates:
+    // a look-alike plus a stray step is no method either.
+    let wins_of: BTreeMap<&[u32], usize> = table
+        .iter()
+        .map(|(p, ps)| (p.as_slice(), ps.wins.len()))
+        .collect();
+    let mut best_with_prefix: BTreeMap<&[u32], usize> = BTreeMap::new();
+    let mut best_with_suffix: BTreeMap<&[u32], usize> = BTreeMap::new();
     for (p, ps) in &candidates {
         let w = ps.wins.len();
-        wins_of.insert(p.as_slice(), w);
         for k in 1..=p.len() {
             let pre = best_with_prefix.entry(&p[..k]).or_default();
             *pre = (*pre).max(w);
@@ -600,13 +682,13 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             *suf = (*suf).max(w);
         }
     }
-    let kept: Vec<(&Vec<String>, &Support)> = candidates
+    let kept: Vec<(&Vec<u32>, &Support)> = candidates
         .iter()
         .filter(|(q, qs)| {
             let n = q.len();
-            let inner = (MIN_LEN..n)
-                .flat_map(|k| q.windows(k))
-                .filter_map(|w| wins_of.get(w).copied());
+            let inner = proper_subsequences(q)
+                .into_iter()
+                .filter_map(|sub| wins_of.get(sub.as_slice()).copied());
             let edge = [
                 best_with_prefix.get(&q[1..]).copied(),
                 best_with_suffix.get(&q[..n - 1]).copied(),
@@ -617,27 +699,48 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         .copied()
         .collect();
     let mut order = kept.clone();
+    // Longest first, then best supported; on a tie the sequence of rarer
+    // steps is the more specific one (a stray edit is common everywhere).
+    let commonness = |seq: &[u32]| -> usize {
+        seq.iter()
+            .map(|v| step_wins.get(v).map_or(0, BTreeSet::len))
+            .sum()
+    };
     order.sort_by(|(a, sa), (b, sb)| {
         b.len()
             .cmp(&a.len())
             .then(sb.wins.len().cmp(&sa.wins.len()))
+            .then(commonness(a).cmp(&commonness(b)))
             .then(first_seen(sa).cmp(&first_seen(sb)))
             .then(a.cmp(b))
     });
-    let mut emitted: Vec<(&Vec<String>, &Support)> = Vec::new();
+    let mut emitted: Vec<(&Vec<u32>, &Support)> = Vec::new();
+    // Emitted methods and their near-copies (the same method shifted by a
+    // step, or with one step swapped: a method longer than MAX_LEN shows up
+    // as several such windows); nothing inside one of them is emitted.
+    let mut covered: Vec<&Vec<u32>> = Vec::new();
     for (seq, support) in order {
-        // Nothing inside an emitted method, nor the same method shifted by a step.
-        let redundant =
-            |e: &Vec<String>| contains_run(e, seq) || (seq.len() >= 3 && steps_past_edge(seq, e));
-        if emitted.iter().any(|(e, _)| redundant(e)) {
+        if covered.iter().any(|c| is_subsequence(c, seq)) {
             continue;
         }
-        emitted.push((seq, support));
+        let near_copy = seq.len() >= 3
+            && emitted
+                .iter()
+                .any(|(e, _)| steps_past_edge(seq, e) || common_steps(seq, e) + 1 >= seq.len());
+        covered.push(seq);
+        if !near_copy {
+            emitted.push((seq, support));
+        }
     }
     emitted.sort_by_key(|(seq, s)| (first_seen(s), (*seq).clone()));
 
     let mut ops = Vec::new();
-    for (seq, support) in emitted {
+    for (seq_ids, support) in emitted {
+        let seq: Vec<String> = seq_ids
+            .iter()
+            .map(|&v| names.get(v as usize).cloned().unwrap_or_default())
+            .collect();
+        let seq = &seq;
         let goals: Vec<String> = support
             .wins
             .keys()
@@ -765,6 +868,14 @@ mod tests {
             .bash("terraform plan -out plan.bin", "Plan: 1 to add", false)
             .bash("terraform apply plan.bin", "Apply complete", false)
             .outcome(outcome, "applied")
+    }
+
+    #[test]
+    fn subsequence_helpers() {
+        assert!(is_subsequence(&[1, 2, 3, 4], &[1, 3]));
+        assert!(!is_subsequence(&[1, 2, 3], &[3, 1]));
+        assert_eq!(common_steps(&[1, 2, 3, 5], &[1, 3, 4, 5]), 3);
+        assert_eq!(proper_subsequences(&[1, 2, 3]).len(), 3);
     }
 
     #[test]

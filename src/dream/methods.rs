@@ -344,8 +344,9 @@ fn steps<'a>(calls: &[&'a ToolCall]) -> Vec<Step<'a>> {
 #[derive(Clone, Debug)]
 struct Seen {
     line: u64,
-    /// The full command (or verb) of each step, and whether it is a shell step.
-    examples: Vec<(String, bool)>,
+    /// Index of each step of the occurrence among the session's steps
+    /// (commands are looked up only for the methods emitted).
+    path: Vec<usize>,
 }
 
 #[derive(Default, Debug)]
@@ -597,7 +598,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
                             si,
                             Seen {
                                 line: steps[path[0]].call.at.line,
-                                examples: path.iter().map(|&k| step_example(&steps[k])).collect(),
+                                path: path.clone(),
                             },
                         );
                     } else if session.outcome == Outcome::Failed {
@@ -748,12 +749,25 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             .collect();
         let goal = typical_goal(&goals).unwrap_or_else(|| "get a change done".to_string());
         let mut content = format!("To {goal}:");
+        // The command each supporting session ran at each step.
+        let mut per_step: Vec<Vec<(String, bool)>> = vec![Vec::new(); seq.len()];
+        for (&si, seen) in &support.wins {
+            let Some(session) = corpus.sessions.get(si) else {
+                continue;
+            };
+            let calls = tool_calls(session);
+            let steps = steps(&calls);
+            for (i, &k) in seen.path.iter().enumerate() {
+                if let (Some(slot), Some(step)) = (per_step.get_mut(i), steps.get(k)) {
+                    slot.push(step_example(step));
+                }
+            }
+        }
         for (i, verb) in seq.iter().enumerate() {
-            let examples: Vec<&(String, bool)> = support
-                .wins
-                .values()
-                .filter_map(|s| s.examples.get(i))
-                .collect();
+            let examples: Vec<&(String, bool)> = per_step
+                .get(i)
+                .map(|v| v.iter().collect())
+                .unwrap_or_default();
             content.push_str(&format!(" {}. {}", i + 1, render_step(verb, &examples)));
         }
         content.push('.');

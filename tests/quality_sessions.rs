@@ -783,9 +783,14 @@ fn planted_patterns_are_found_and_decoys_are_not() {
 
 #[test]
 fn larger_corpus_timing() {
-    // Twenty seeded corpora in one: about 800 sessions.
+    // Twenty seeded corpora in one: about 800 sessions
+    // (REVERIE_BENCH_SEEDS=100 for about 4000).
+    let seeds: u64 = std::env::var("REVERIE_BENCH_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut corpus = Corpus::default();
-    for seed in 0..20u64 {
+    for seed in 0..seeds {
         let (c, _) = generate(seed);
         corpus.sessions.extend(c.sessions.into_iter().map(|mut s| {
             s.id = format!("{seed}-{}", s.id);

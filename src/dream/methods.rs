@@ -8,7 +8,7 @@
 //! failed ones, become a numbered procedure in `procedures.md`.
 
 use super::errors::{call_failed, find_fix};
-use super::text::{clip, normalise, word_jaccard};
+use super::text::{clip, jaccard, normalise, word_jaccard, words};
 use super::{Corpus, DreamOptions, Event, Outcome, Session, ToolCall};
 use crate::api::{Evidence, OpKind, PatchOp, Reason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +18,8 @@ pub const PROCEDURES_PATH: &str = "procedures.md";
 /// Shortest and longest sequence considered.
 const MIN_LEN: usize = 2;
 const MAX_LEN: usize = 5;
+/// Distinct goals compared when choosing a procedure's goal.
+const MAX_GOALS: usize = 50;
 /// How many other steps may sit between two steps of a method (an edit,
 /// a stray command) without breaking it.
 const MAX_GAP: usize = 1;
@@ -483,9 +485,22 @@ fn goal_of(text: &str) -> Option<String> {
 /// The goal most typical of a method's sessions: the one closest (word
 /// Jaccard) to all the others; ties go to the earliest session.
 fn typical_goal(goals: &[String]) -> Option<String> {
-    let mut best: Option<(f64, &String)> = None;
+    // Identical goals are scored once, weighted by how often they occur;
+    // only the first MAX_GOALS distinct ones are compared (quadratic).
+    let mut distinct: Vec<(&String, usize, BTreeSet<String>)> = Vec::new();
     for g in goals {
-        let score: f64 = goals.iter().map(|o| word_jaccard(g, o)).sum();
+        if let Some(entry) = distinct.iter_mut().find(|(d, _, _)| *d == g) {
+            entry.1 += 1;
+        } else if distinct.len() < MAX_GOALS {
+            distinct.push((g, 1, words(g).into_iter().collect()));
+        }
+    }
+    let mut best: Option<(f64, &String)> = None;
+    for (g, _, gw) in &distinct {
+        let score: f64 = distinct
+            .iter()
+            .map(|(_, n, ow)| *n as f64 * jaccard(gw, ow))
+            .sum();
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, g));
         }
@@ -736,6 +751,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     emitted.sort_by_key(|(seq, s)| (first_seen(s), (*seq).clone()));
 
     let mut ops = Vec::new();
+    let mut step_examples: BTreeMap<usize, Vec<(String, bool)>> = BTreeMap::new();
     for (seq_ids, support) in emitted {
         let seq: Vec<String> = seq_ids
             .iter()
@@ -749,17 +765,20 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             .collect();
         let goal = typical_goal(&goals).unwrap_or_else(|| "get a change done".to_string());
         let mut content = format!("To {goal}:");
-        // The command each supporting session ran at each step.
+        // The command each supporting session ran at each step (a
+        // session's steps are rebuilt once, for all the methods it supports).
         let mut per_step: Vec<Vec<(String, bool)>> = vec![Vec::new(); seq.len()];
         for (&si, seen) in &support.wins {
             let Some(session) = corpus.sessions.get(si) else {
                 continue;
             };
-            let calls = tool_calls(session);
-            let steps = steps(&calls);
+            let examples = step_examples.entry(si).or_insert_with(|| {
+                let calls = tool_calls(session);
+                steps(&calls).iter().map(step_example).collect()
+            });
             for (i, &k) in seen.path.iter().enumerate() {
-                if let (Some(slot), Some(step)) = (per_step.get_mut(i), steps.get(k)) {
-                    slot.push(step_example(step));
+                if let (Some(slot), Some(example)) = (per_step.get_mut(i), examples.get(k)) {
+                    slot.push(example.clone());
                 }
             }
         }

@@ -2,10 +2,14 @@
 //!
 //! A session is reduced to its *steps*: the successful tool calls, each named
 //! by a coarse verb (`cargo test`, `git commit`, `files write`), without
-//! look-only calls (`cat`, `ls`, `files read` …) and without immediate
-//! repeats. Contiguous runs of 2–5 steps that occur in at least
-//! `min_sessions` successful sessions, and clearly more often there than in
-//! failed ones, become a numbered procedure in `procedures.md`.
+//! look-only calls (`cat`, `ls`, `files read` …), without the calls that
+//! recovered from a failure (those are lessons, see `errors`) and without
+//! immediate repeats. Sequences of 2–5 steps, where one stray step may sit
+//! between two neighbours, that occur in at least `min_sessions` successful
+//! sessions, clearly more often there than in failed ones, and whose steps
+//! mostly occur together, become a numbered procedure in `procedures.md`.
+//! The longest such sequence wins; its parts and near-copies are not
+//! emitted.
 
 use super::errors::{call_failed, find_fix};
 use super::text::{clip, jaccard, normalise, word_jaccard, words};
@@ -114,9 +118,11 @@ const WRAPPERS: &[&str] = &["sudo", "time", "env", "nohup", "exec", "command"];
 /// The text a tool call ran: the shell command for a bash-like tool, else
 /// the input as compact JSON.
 pub fn call_input_text(call: &ToolCall) -> String {
-    for key in ["command", "cmd", "script"] {
-        if let Some(s) = call.input.get(key).and_then(|v| v.as_str()) {
-            return s.trim().to_string();
+    if is_shell(call) {
+        for key in ["command", "cmd", "script"] {
+            if let Some(s) = call.input.get(key).and_then(|v| v.as_str()) {
+                return s.trim().to_string();
+            }
         }
     }
     match &call.input {
@@ -126,11 +132,24 @@ pub fn call_input_text(call: &ToolCall) -> String {
     }
 }
 
+/// Tools whose `command` field names an operation (`view`, `create` …),
+/// not a shell command.
+const OP_COMMAND_TOOLS: &[&str] = &[
+    "files",
+    "file",
+    "memory",
+    "str_replace_based_edit_tool",
+    "str_replace_editor",
+    "text_editor",
+    "editor",
+];
+
 /// True when the call's input is a shell command.
 pub fn is_shell(call: &ToolCall) -> bool {
-    ["command", "cmd", "script"]
-        .iter()
-        .any(|k| call.input.get(*k).and_then(|v| v.as_str()).is_some())
+    !OP_COMMAND_TOOLS.contains(&call.name.to_lowercase().as_str())
+        && ["command", "cmd", "script"]
+            .iter()
+            .any(|k| call.input.get(*k).and_then(|v| v.as_str()).is_some())
 }
 
 /// The words of the first segment of a shell command that does real work:
@@ -901,6 +920,32 @@ mod tests {
             .bash("terraform plan -out plan.bin", "Plan: 1 to add", false)
             .bash("terraform apply plan.bin", "Apply complete", false)
             .outcome(outcome, "applied")
+    }
+
+    #[test]
+    fn editor_commands_are_operations() {
+        let call = |name: &str, input: serde_json::Value| ToolCall {
+            id: "t".into(),
+            name: name.into(),
+            input,
+            at: crate::dream::LineRef {
+                session: "s".into(),
+                line: 1,
+            },
+            result: Some("ok".into()),
+            is_error: false,
+            result_at: None,
+        };
+        let view = call(
+            "str_replace_based_edit_tool",
+            json!({"command": "view", "path": "a.rs"}),
+        );
+        assert!(!is_shell(&view));
+        assert_eq!(step_verb(&view), "str_replace_based_edit_tool view");
+        assert!(is_look_only(&view, &step_verb(&view)));
+        let bash = call("bash", json!({"command": "cargo test"}));
+        assert!(is_shell(&bash));
+        assert_eq!(step_verb(&bash), "cargo test");
     }
 
     #[test]

@@ -433,6 +433,35 @@ struct Occurrence<'a> {
     fix: Option<Fix<'a>>,
 }
 
+/// What failed, as a reader knows it: the command most occurrences ran
+/// (`` `git push` ``) for a shell tool, else the tool's name.
+fn failing_what(tool: &str, occurrences: &[Occurrence<'_>]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for o in occurrences.iter().filter(|o| is_shell(o.call)) {
+        let verb = command_verb(&call_input_text(o.call));
+        if verb.is_empty() {
+            continue;
+        }
+        let n = counts.entry(verb.clone()).or_default();
+        if *n == 0 {
+            order.push(verb);
+        }
+        *n += 1;
+    }
+    let mut best: Option<(&String, usize)> = None;
+    for v in &order {
+        let n = counts.get(v).copied().unwrap_or(0);
+        if best.is_none_or(|(_, b)| n > b) {
+            best = Some((v, n));
+        }
+    }
+    match best {
+        Some((verb, _)) => format!("`{verb}`"),
+        None => tool.to_string(),
+    }
+}
+
 /// Section of a lesson: the failing program (`Cargo`, `Git`) or the tool.
 fn section_for(call: &ToolCall) -> String {
     if is_shell(call) {
@@ -624,7 +653,10 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         let shown = &occurrences[0].shown;
         let content = format!(
             "When {} fails with `{}`, {} (e.g. `{}`).",
-            sig.tool, shown, advice, fix.example
+            failing_what(&sig.tool, occurrences),
+            shown,
+            advice,
+            fix.example
         );
         if already_known(&content, shown, &advice, corpus) {
             tracing::debug!(error = %sig.text, "lesson already in memory");
@@ -901,7 +933,7 @@ mod tests {
         assert_eq!(op.path, LESSONS_PATH);
         assert_eq!(op.section.as_deref(), Some("Git"));
         let content = op.content.as_deref().unwrap_or("");
-        assert!(content.starts_with("When bash fails with `fatal: The current branch feature-<n> has no upstream branch.`, add `--set-upstream`"), "{content}");
+        assert!(content.starts_with("When `git push` fails with `fatal: The current branch feature-<n> has no upstream branch.`, add `--set-upstream`"), "{content}");
         // Error line (result) and fix line of each session.
         let lines: Vec<(String, u64)> = op
             .evidence
@@ -982,7 +1014,7 @@ mod tests {
         assert_eq!(ops.len(), 1, "{ops:#?}");
         assert_eq!(
             ops[0].content.as_deref(),
-            Some("When bash fails with `npm ERR! missing script: test<n>`, run `npm run test:unit` instead (e.g. `npm run test:unit`).")
+            Some("When `npm test` fails with `npm ERR! missing script: test<n>`, run `npm run test:unit` instead (e.g. `npm run test:unit`).")
         );
     }
 

@@ -330,6 +330,11 @@ fn verbs(seq: &[&str]) -> Vec<String> {
 /// Shared preferences: paraphrases, given to two or three agents.
 const SHARED: &[&[&str]] = &[
     &[
+        "Use rg instead of grep.",
+        "Always use rg rather than grep.",
+        "Prefer rg over grep.",
+    ],
+    &[
         "Always use UTC timestamps in logs.",
         "Please use UTC for timestamps in the logs.",
         "We use UTC timestamps in all logs.",

@@ -58,10 +58,23 @@ const OPENINGS: &[&str] = &[
     "you must never ",
     "stick to ",
 ];
-/// Words that make a "please …" sentence a standing instruction.
+/// Words that make a "please …" or "use …" sentence a standing instruction.
 const HABIT_MARKERS: &[&str] = &[
-    "before", "after", "every", "each", "whenever", "always", "never", "only", "instead",
-    "anymore", "default", "all",
+    "before",
+    "after",
+    "every",
+    "each",
+    "whenever",
+    "always",
+    "never",
+    "only",
+    "instead",
+    "anymore",
+    "default",
+    "all",
+    "rather",
+    "explicitly",
+    "everywhere",
 ];
 /// Words that may come before the preference itself.
 const FILLERS: &[&str] = &[
@@ -101,6 +114,9 @@ const NEGATIONS: &[&str] = &[
 /// Words that carry no meaning for matching preferences (beyond the
 /// general stopwords of `text`).
 const PREFERENCE_FILLER: &[&str] = &[
+    "rather",
+    "over",
+    "explicitly",
     "i",
     "i'd",
     "prefer",
@@ -279,7 +295,7 @@ pub fn as_preference(sentence: &str) -> Option<String> {
     let lower = s.to_lowercase().replace('’', "'");
     // "Please <verb> …" is usually the task itself; it is a standing
     // instruction only when it says when or how often.
-    let habitual = lower.starts_with("please ")
+    let habitual = (lower.starts_with("please ") || lower.starts_with("use "))
         && raw_tokens(&lower).any(|t| HABIT_MARKERS.contains(&t.as_str()));
     if !habitual && !OPENINGS.iter().any(|o| lower.starts_with(o)) {
         return None;
@@ -459,6 +475,8 @@ mod tests {
         assert_eq!(as_preference("Fix the login bug."), None);
         assert_eq!(as_preference("Please fix the login bug."), None);
         assert!(as_preference("Please run the linter before every push.").is_some());
+        assert!(as_preference("Use rg instead of grep.").is_some());
+        assert_eq!(as_preference("Use the files tool to read it."), None);
         assert_eq!(as_preference("Do not?"), None);
         // The Kelvin sign lower-cases to ASCII `k`: no slicing inside it.
         assert_eq!(as_preference("\u{212A}eep it"), None);

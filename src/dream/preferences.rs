@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const PREFERENCES_PATH: &str = "preferences.md";
 /// The section they go under.
 pub const SHARED_SECTION: &str = "Shared";
+/// Distinct wordings compared when choosing the one to write.
+const MAX_WORDINGS: usize = 50;
 /// Word Jaccard at or above which two statements say the same.
 const SIMILARITY: f64 = 0.5;
 
@@ -384,6 +386,11 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     }
 
     let min_sessions = opts.min_sessions.max(1);
+    let memory_keys: Vec<PreferenceKey> = corpus
+        .memories
+        .iter()
+        .map(|m| preference_key(&m.entry.text))
+        .collect();
     let mut ops = Vec::new();
     // Roots are the smallest index of each group, so this is first-seen order.
     for members in groups.values() {
@@ -395,12 +402,26 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         if audiences.len() < 2 || sessions.len() < min_sessions {
             continue;
         }
-        // The wording closest to all others; ties go to the earliest.
-        let mut best: Option<(f64, usize)> = None;
+        // The wording closest to all others (each distinct wording scored
+        // once, weighted by how often it was given); ties go to the earliest.
+        let mut distinct: Vec<(usize, usize)> = Vec::new();
         for &i in members {
-            let score: f64 = members
+            if let Some(entry) = distinct
+                .iter_mut()
+                .find(|(d, _)| statements[*d].text == statements[i].text)
+            {
+                entry.1 += 1;
+            } else if distinct.len() < MAX_WORDINGS {
+                distinct.push((i, 1));
+            }
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for &(i, _) in &distinct {
+            let score: f64 = distinct
                 .iter()
-                .map(|&j| jaccard(&statements[i].key.words, &statements[j].key.words))
+                .map(|&(j, n)| {
+                    n as f64 * jaccard(&statements[i].key.words, &statements[j].key.words)
+                })
                 .sum();
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, i));
@@ -408,11 +429,10 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         }
         let Some((_, rep)) = best else { continue };
         let content = statements[rep].text.clone();
-        let known = corpus.memories.iter().any(|m| {
-            let key = preference_key(&m.entry.text);
+        let known = memory_keys.iter().any(|key| {
             members
                 .iter()
-                .any(|&i| same_preference(&statements[i].key, &key))
+                .any(|&i| same_preference(&statements[i].key, key))
         });
         if known {
             tracing::debug!(preference = %content, "shared preference already in memory");

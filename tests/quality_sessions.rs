@@ -1077,3 +1077,148 @@ fn demo_sessions_are_well_formed_and_show_each_pattern() {
     assert!(m.len() >= 2, "procedures: {m:#?}");
     assert!(p.len() >= 2, "preferences: {p:#?}");
 }
+
+/// Random text from pieces that have tripped text code before: quotes
+/// without partners, multi-byte characters, characters whose case mapping
+/// changes their length, shell syntax, error markers.
+fn junk(rng: &mut ChaCha8Rng) -> String {
+    const PIECES: &[&str] = &[
+        "error:",
+        "Error:",
+        "fatal:",
+        "'",
+        "\"",
+        "`",
+        "‘",
+        "“",
+        "\u{212A}",
+        "İ",
+        "ß",
+        "é",
+        "日本語",
+        "🦀",
+        "&&",
+        "||",
+        ";",
+        "|",
+        "\n",
+        "  ",
+        "exit code 1",
+        "exit code:",
+        "Traceback",
+        "panicked at",
+        "--flag",
+        "-x",
+        "a/b/c.rs:1:2",
+        "0xdeadbeef",
+        "2026-11-20T10:00:00Z",
+        "always",
+        "never",
+        "please use",
+        "don't",
+        "we use",
+        "Also,",
+        "From now on:",
+        ":",
+        ".",
+        "?",
+        "!",
+        "cargo",
+        "git push",
+        "kubectl",
+        "=",
+        "{",
+        "}",
+        "SHOP-1:",
+        "x",
+        "",
+    ];
+    let n = rng.random_range(0..12);
+    (0..n)
+        .map(|_| pick(rng, PIECES))
+        .collect::<Vec<_>>()
+        .join(if rng.random_bool(0.5) { " " } else { "" })
+}
+
+#[test]
+fn odd_input_never_panics() {
+    for seed in 0..8 {
+        odd_input_run(seed);
+    }
+}
+
+fn odd_input_run(seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut sessions = Vec::new();
+    for s in 0..60 {
+        let agent = if rng.random_bool(0.3) {
+            String::new()
+        } else {
+            pick(&mut rng, AGENTS).to_string()
+        };
+        let mut b = Builder::new(&format!("j-{s}"), &agent);
+        for _ in 0..rng.random_range(0..25) {
+            match rng.random_range(0..5) {
+                0 => b.user(&junk(&mut rng)),
+                1 => {
+                    let cmd = junk(&mut rng);
+                    let out = junk(&mut rng);
+                    let err = rng.random_bool(0.4);
+                    b.bash(&cmd, &out, err);
+                }
+                2 => {
+                    let input = match rng.random_range(0..4) {
+                        0 => serde_json::Value::Null,
+                        1 => json!(junk(&mut rng)),
+                        2 => json!({"op": junk(&mut rng), "command": junk(&mut rng)}),
+                        _ => json!([1, 2, {"command": 3}]),
+                    };
+                    let name = junk(&mut rng);
+                    let out = junk(&mut rng);
+                    b.tool(&name, input, &out, rng.random_bool(0.3));
+                }
+                3 => {
+                    // A call whose result never came back.
+                    let at = b.next();
+                    b.session.events.push(Event::Tool(ToolCall {
+                        id: String::new(),
+                        name: "bash".into(),
+                        input: json!({"command": junk(&mut rng)}),
+                        at,
+                        result: None,
+                        is_error: rng.random_bool(0.5),
+                        result_at: None,
+                    }));
+                }
+                _ => b.bash("cargo test", "test result: ok", false),
+            }
+        }
+        let outcome = match rng.random_range(0..3) {
+            0 => Outcome::Succeeded,
+            1 => Outcome::Failed,
+            _ => Outcome::Unknown,
+        };
+        sessions.push(b.finish(outcome, &junk(&mut rng)));
+    }
+    let memories = reverie::memory::parse(&format!("- {}\n- {}\n", junk(&mut rng), junk(&mut rng)))
+        .entries()
+        .map(|e| MemoryEntry {
+            path: "notes.md".into(),
+            entry: e.clone(),
+        })
+        .collect();
+    let corpus = Corpus { memories, sessions };
+    for min_sessions in [0, 1, 2] {
+        let opts = DreamOptions {
+            min_sessions,
+            ..DreamOptions::default()
+        };
+        for op in errors::find(&corpus, &opts)
+            .into_iter()
+            .chain(methods::find(&corpus, &opts))
+            .chain(preferences::find(&corpus, &opts))
+        {
+            assert!(!op.evidence.is_empty(), "{op:?}");
+        }
+    }
+}

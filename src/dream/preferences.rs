@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const PREFERENCES_PATH: &str = "preferences.md";
 /// The section they go under.
 pub const SHARED_SECTION: &str = "Shared";
+/// Words before a `.` that does not end a sentence.
+const ABBREVIATIONS: &[&str] = &["e.g", "i.e", "etc", "vs", "cf", "approx", "incl"];
 /// Distinct wordings compared when choosing the one to write.
 const MAX_WORDINGS: usize = 50;
 /// Word Jaccard at or above which two statements say the same.
@@ -258,7 +260,16 @@ fn sentences(text: &str) -> Vec<String> {
         let mut start = 0;
         for (i, c) in line.char_indices() {
             let after = i + c.len_utf8();
+            // "e.g. logs" does not end a sentence.
+            let abbreviation = c == '.' && {
+                let word = line[start..i]
+                    .rsplit(char::is_whitespace)
+                    .next()
+                    .unwrap_or("");
+                ABBREVIATIONS.contains(&word.to_lowercase().as_str())
+            };
             let ends = matches!(c, '.' | '!' | '?')
+                && !abbreviation
                 && line[after..].chars().next().is_none_or(char::is_whitespace);
             if ends {
                 out.push(line[start..after].trim().to_string());
@@ -506,6 +517,18 @@ mod tests {
         );
         assert_eq!(stem("committing"), "commit");
         assert_eq!(stem("timestamps"), "timestamp");
+    }
+
+    #[test]
+    fn sentences_split_at_ends_not_abbreviations() {
+        assert_eq!(
+            sentences("Fix it. Always log in UTC, e.g. in the API.\n- Never push to main!"),
+            vec![
+                "Fix it.",
+                "Always log in UTC, e.g. in the API.",
+                "Never push to main!"
+            ]
+        );
     }
 
     #[test]

@@ -340,7 +340,7 @@ enum Kind {
 
 #[test]
 fn near_duplicates_f1_and_hard_negatives() {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_d1);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x005e_edd1);
     let mut planted: Vec<(String, Kind)> = Vec::new();
     for g in 0..300 {
         let detail = if rng.random_bool(0.4) {

@@ -74,12 +74,20 @@ pub fn features(t: &str) -> Features {
         .collect();
     words.sort_unstable();
     words.dedup();
+    // One pass for both the critical tokens and the negation flag.
+    let mut critical = BTreeSet::new();
+    let mut negated = false;
+    for tok in text::raw_tokens(t) {
+        negated |= is_negation(&tok);
+        if text::is_critical(&tok) {
+            critical.insert(tok);
+        }
+    }
     let mut guard_src = String::new();
-    for c in text::critical_tokens(t) {
+    for c in critical {
         guard_src.push_str(&c);
         guard_src.push('\0');
     }
-    let negated = text::raw_tokens(t).any(|tok| is_negation(&tok));
     guard_src.push(if negated { '!' } else { '=' });
     Features {
         words,

@@ -178,8 +178,17 @@ impl<'c> Resolver<'c> {
                 return Err("an earlier op adds the same text".into());
             }
         }
-        if op.before.is_none() && !befores.is_empty() {
-            op.before = Some(befores.join("\n\n"));
+        if !befores.is_empty() {
+            let current = befores.join("\n\n");
+            match &op.before {
+                None => op.before = Some(current),
+                // A stale `before` would make the patch conflict at apply
+                // time; better to drop the op now and say why.
+                Some(b) if b.trim() != current.trim() => {
+                    return Err("`before` does not match the entry's current text".into());
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -498,6 +507,18 @@ mod tests {
             .is_ok());
         let twice = r.accept(op(OpKind::Add, None, Reason::WorkingMethod, ev));
         assert!(twice.unwrap_err().why.contains("same text"));
+        let mut wrong = op(
+            OpKind::Delete,
+            Some(&c.memories[1].entry.id),
+            Reason::Stale,
+            vec![],
+        );
+        wrong.evidence = vec![Evidence {
+            entry: Some(c.memories[1].key()),
+            ..Evidence::default()
+        }];
+        wrong.before = Some("not what it says".into());
+        assert!(r.accept(wrong).unwrap_err().why.contains("before"));
     }
 
     #[test]

@@ -94,10 +94,14 @@ pub fn load_corpus(
                 }
             };
             Ok(entry::parse(&text)
-                .entries()
-                .map(|e| MemoryEntry {
-                    path: rel.clone(),
-                    entry: e.clone(),
+                .blocks
+                .into_iter()
+                .filter_map(|b| match b {
+                    entry::Block::Entry { entry, .. } => Some(MemoryEntry {
+                        path: rel.clone(),
+                        entry,
+                    }),
+                    entry::Block::Raw(_) => None,
                 })
                 .collect())
         })

@@ -183,6 +183,27 @@ fn child(dir: &Path) {
         }
     };
     let load = t0.elapsed().as_secs_f64();
+    if std::env::var_os("REVERIE_BENCH_BREAKDOWN").is_some() {
+        use rayon::prelude::*;
+        let t = Instant::now();
+        let feats: Vec<duplicates::Features> = corpus
+            .memories
+            .par_iter()
+            .map(|m| duplicates::features(&m.entry.text))
+            .collect();
+        let tf = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let pairs = duplicates::near_duplicate_pairs(&feats, opts.duplicate_threshold);
+        let tl = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let found = duplicates::find(&corpus, &opts);
+        let td = t.elapsed().as_secs_f64();
+        eprintln!(
+            "breakdown: features {tf:.2}s, lsh {tl:.2}s ({} pairs), duplicates::find {td:.2}s ({} ops)",
+            pairs.len(),
+            found.len()
+        );
+    }
     let t1 = Instant::now();
     let ops = emit::analyse(&corpus, &opts);
     let analyse = t1.elapsed().as_secs_f64();
@@ -224,6 +245,20 @@ fn lsh_vs_all_pairs(n: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let (Some("gen"), Some(dir), Some(scale)) = (
+        args.get(1).map(String::as_str),
+        args.get(2),
+        args.get(3).and_then(|s| s.parse::<f64>().ok()),
+    ) {
+        // Keep a generated store for profiling: `dream gen DIR SCALE`.
+        let n_e = (FULL_ENTRIES as f64 * scale) as usize;
+        let n_s = (FULL_SESSIONS as f64 * scale) as usize;
+        if let Err(e) = generate(Path::new(dir), n_e, n_s) {
+            eprintln!("generating: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("child") {
         if let Some(dir) = args.get(2) {
             child(Path::new(dir));

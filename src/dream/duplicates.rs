@@ -287,13 +287,30 @@ pub fn clusters(corpus: &Corpus, opts: &DreamOptions) -> Vec<Vec<usize>> {
         }
         uf.union(i, j);
     }
-    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for i in 0..corpus.memories.len() as u32 {
-        let r = uf.find(i);
-        groups.entry(r).or_default().push(i as usize);
+    // Group by root with plain vectors: a map over a million singletons
+    // would cost more than the rest of the clustering.
+    let n = corpus.memories.len();
+    let roots: Vec<u32> = (0..n as u32).map(|i| uf.find(i)).collect();
+    let mut size = vec![0u32; n];
+    for &r in &roots {
+        size[r as usize] += 1;
     }
+    let mut slot = vec![u32::MAX; n];
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, &r) in roots.iter().enumerate() {
+        if size[r as usize] < 2 {
+            continue;
+        }
+        if slot[r as usize] == u32::MAX {
+            slot[r as usize] = groups.len() as u32;
+            groups.push(Vec::new());
+        }
+        groups[slot[r as usize] as usize].push(i);
+    }
+    // Roots are the smallest member, so groups are already ordered by
+    // their first member.
     groups
-        .into_values()
+        .into_iter()
         .filter_map(|members| {
             // The same text twice in one file joined through a third entry:
             // keep the first occurrence only.

@@ -171,6 +171,23 @@ fn vm_hwm_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) this process used so far, from
+/// `/proc/self/stat` (clock ticks of 1/100 s, the Linux default). Reported
+/// beside wall time because the bench machine is shared: wall time moves
+/// with other load, CPU time much less.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u + k) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// The measured part, run in a child process.
 fn child(dir: &Path) {
     let opts = DreamOptions::default();
@@ -208,14 +225,15 @@ fn child(dir: &Path) {
     let ops = emit::analyse(&corpus, &opts);
     let analyse = t1.elapsed().as_secs_f64();
     println!(
-        "RESULT {} {} {} {} {:.3} {:.3} {}",
+        "RESULT {} {} {} {} {:.3} {:.3} {} {:.2}",
         corpus.memories.len(),
         corpus.sessions.len(),
         report.lines,
         ops.len(),
         load,
         analyse,
-        vm_hwm_kb()
+        vm_hwm_kb(),
+        cpu_seconds()
     );
 }
 
@@ -278,10 +296,10 @@ fn main() {
         }
     };
     println!(
-        "| scale | entries | sessions | lines | input MB | generate (s) | load (s) | analyse (s) | total (s) | peak RSS (MB) | ops |"
+        "| scale | entries | sessions | lines | input MB | generate (s) | load (s) | analyse (s) | total (s) | CPU (s) | peak RSS (MB) | ops |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut rows: Vec<(usize, f64)> = Vec::new();
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows: Vec<(usize, f64, f64)> = Vec::new();
     for scale in scales {
         let n_e = (FULL_ENTRIES as f64 * scale) as usize;
         let n_s = (FULL_SESSIONS as f64 * scale) as usize;
@@ -325,27 +343,32 @@ fn main() {
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let total = num(4) + num(5);
         println!(
-            "| {scale} | {} | {} | {} | {:.0} | {gen_t:.1} | {:.2} | {:.2} | {total:.2} | {:.0} | {} |",
+            "| {scale} | {} | {} | {} | {:.0} | {gen_t:.1} | {:.2} | {:.2} | {total:.2} | {:.1} | {:.0} | {} |",
             f[0],
             f[1],
             f[2],
             bytes as f64 / 1e6,
             num(4),
             num(5),
+            num(7),
             num(6) / 1024.0,
             f[3]
         );
         let _ = std::io::stdout().flush();
-        rows.push((n_e, total));
+        rows.push((n_e, total, num(7)));
     }
-    if let (Some(&(n0, t0)), Some(&(n1, t1))) = (rows.first(), rows.last()) {
+    if let (Some(&(n0, t0, c0)), Some(&(n1, t1, c1))) = (rows.first(), rows.last()) {
         if rows.len() > 1 {
             println!(
-                "\n{:.0}× the input took {:.1}× the time (pipeline, first row to last)",
+                "\n{:.0}× the input took {:.1}× the wall time and {:.1}× the CPU time (first row to last)",
                 n1 as f64 / n0.max(1) as f64,
-                t1 / t0.max(1e-9)
+                t1 / t0.max(1e-9),
+                c1 / c0.max(1e-9)
             );
         }
+    }
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at the end: {}", l.trim());
     }
     lsh_vs_all_pairs(10_000);
 }

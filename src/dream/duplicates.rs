@@ -193,8 +193,12 @@ pub fn near_duplicate_pairs(feats: &[Features], threshold: f64) -> Vec<(u32, u32
             })
         })
         .collect();
-    let mut candidates: Vec<(u32, u32)> = Vec::new();
+    // Candidates are verified bucket by bucket, in parallel, as they are
+    // found: only verified pairs (few) are kept, never the candidate list.
+    let mut found: Vec<(u32, u32)> = Vec::new();
+    let mut candidates = 0usize;
     let mut bucket: Vec<(u32, u32)> = Vec::with_capacity(n);
+    let mut runs: Vec<(usize, usize)> = Vec::new();
     for b in 0..bands {
         bucket.clear();
         bucket.extend(
@@ -203,6 +207,7 @@ pub fn near_duplicate_pairs(feats: &[Features], threshold: f64) -> Vec<(u32, u32
                 .map(|i| (keys[i * bands + b], i as u32)),
         );
         bucket.par_sort_unstable();
+        runs.clear();
         let mut start = 0;
         while start < bucket.len() {
             let key = bucket[start].0;
@@ -210,26 +215,40 @@ pub fn near_duplicate_pairs(feats: &[Features], threshold: f64) -> Vec<(u32, u32
             while end < bucket.len() && bucket[end].0 == key {
                 end += 1;
             }
-            let run = &bucket[start..end];
-            for (x, &(_, i)) in run.iter().enumerate() {
-                for &(_, j) in run.iter().skip(x + 1).take(BUCKET_WINDOW) {
-                    candidates.push((i, j));
-                }
+            if end - start >= 2 {
+                runs.push((start, end));
+                let m = end - start;
+                candidates += (m - 1).min(BUCKET_WINDOW) * m;
             }
             start = end;
         }
+        let bucket = &bucket;
+        let verified: Vec<(u32, u32)> = runs
+            .par_iter()
+            .flat_map_iter(|&(start, end)| {
+                let run = &bucket[start..end];
+                run.iter().enumerate().flat_map(move |(x, &(_, i))| {
+                    run.iter()
+                        .skip(x + 1)
+                        .take(BUCKET_WINDOW)
+                        .filter(move |&&(_, j)| {
+                            is_duplicate(&feats[i as usize], &feats[j as usize], threshold)
+                        })
+                        .map(move |&(_, j)| (i, j))
+                })
+            })
+            .collect();
+        found.extend(verified);
     }
-    candidates.par_sort_unstable();
-    candidates.dedup();
+    found.par_sort_unstable();
+    found.dedup();
     tracing::debug!(
         entries = n,
-        candidates = candidates.len(),
-        "near-duplicate candidates"
+        candidates,
+        pairs = found.len(),
+        "near-duplicate candidates verified"
     );
-    candidates
-        .into_par_iter()
-        .filter(|&(i, j)| is_duplicate(&feats[i as usize], &feats[j as usize], threshold))
-        .collect()
+    found
 }
 
 /// The all-pairs baseline (quadratic): every pair verified exactly. For

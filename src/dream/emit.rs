@@ -359,6 +359,10 @@ fn text_head(s: &str) -> String {
     super::text::clip(s, 40)
 }
 
+/// Op lines the summary shows before it only counts the rest: a patch of
+/// thousands of ops is read in the manifest, not on a terminal.
+const MAX_TABLE_OPS: usize = 200;
+
 /// A readable summary for stderr: what was read, ops per reason, one line
 /// per op, and what was dropped.
 pub fn summary_table(report: &DreamReport, ops: &[PatchOp]) -> String {
@@ -398,7 +402,7 @@ pub fn summary_table(report: &DreamReport, ops: &[PatchOp]) -> String {
             .unwrap_or(4)
             .clamp(4, 40);
         let _ = writeln!(o, "\n  {:<6} {:<w$} {:<17} TEXT", "OP", "PATH", "REASON");
-        for op in ops {
+        for op in ops.iter().take(MAX_TABLE_OPS) {
             let text = op.content.as_deref().or(op.before.as_deref()).unwrap_or("");
             let _ = writeln!(
                 o,
@@ -410,9 +414,16 @@ pub fn summary_table(report: &DreamReport, ops: &[PatchOp]) -> String {
             );
         }
     }
+    if ops.len() > MAX_TABLE_OPS {
+        let _ = writeln!(
+            o,
+            "  … and {} more (see the manifest)",
+            ops.len() - MAX_TABLE_OPS
+        );
+    }
     if !report.dropped.is_empty() {
         let _ = writeln!(o, "\ndropped {} ops:", report.dropped.len());
-        for d in &report.dropped {
+        for d in report.dropped.iter().take(MAX_TABLE_OPS) {
             let _ = writeln!(
                 o,
                 "  {} {} ({}): {}",
@@ -554,6 +565,38 @@ mod tests {
         assert_eq!(again.metadata, p.metadata);
         assert_eq!(again.spec, p.spec);
         assert_eq!(build_patch("x", 0, vec![], now).spec.summary, "no changes");
+    }
+
+    #[test]
+    fn summary_table_counts_reasons_and_caps_op_lines() {
+        let ev = vec![Evidence {
+            entry: Some("a.md#x".into()),
+            ..Evidence::default()
+        }];
+        let mut ops = vec![op(OpKind::Delete, Some("x"), Reason::Stale, ev.clone()); MAX_TABLE_OPS];
+        ops.push(op(OpKind::Add, None, Reason::RecurringError, ev));
+        let report = DreamReport {
+            ingest: IngestReport {
+                files: 2,
+                lines: 10,
+                bad_json: 1,
+                samples: vec!["s-1.jsonl:3: not valid JSON".into()],
+                ..IngestReport::default()
+            },
+            files: 1,
+            entries: 2,
+            sessions: 2,
+            dropped: vec![],
+        };
+        let t = summary_table(&report, &ops);
+        assert!(t.contains("retired 200 stale facts, added 1 lesson"), "{t}");
+        assert!(t.contains("s-1.jsonl:3: not valid JSON"), "{t}");
+        assert!(t.contains("recurring-error        1"), "{t}");
+        assert!(t.contains("… and 1 more"), "{t}");
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("  delete")).count(),
+            MAX_TABLE_OPS
+        );
     }
 
     #[test]

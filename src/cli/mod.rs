@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Read a store's memories and sessions and propose a MemoryPatch.
-    Dream(dream::DreamArgs),
+    Dream(Box<dream::DreamArgs>),
     /// Apply, preview, list and roll back changes to a store.
     #[command(subcommand)]
     Memory(memory::MemoryCommand),
@@ -60,7 +60,7 @@ impl Exit {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Dream(a) => dream::run(a),
+        Command::Dream(a) => dream::run(*a),
         Command::Memory(c) => memory::run(c),
         Command::Crdgen(a) => crdgen::run(a),
     }

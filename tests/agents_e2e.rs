@@ -290,6 +290,7 @@ async fn lead_delegates_two_tasks_that_run_in_parallel() {
     assert_eq!(kids.items.len(), 2, "one pod per child");
     let (a0, a1) = run_window(&kids.items[0]);
     let (b0, b1) = run_window(&kids.items[1]);
+    eprintln!("member pods ran {a0}..{a1} and {b0}..{b1}");
     assert!(
         a0 < b1 && b0 < a1,
         "member pods did not overlap: {a0}..{a1} and {b0}..{b1}"

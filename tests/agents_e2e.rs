@@ -76,9 +76,9 @@ spec:
     )
 }
 
-fn team_yaml(members: &[&str]) -> String {
-    let mut y = String::from(
-        "apiVersion: reverie.dev/v1alpha1\nkind: AgentTeam\nmetadata:\n  name: devs\nspec:\n  lead: {agentRef: {name: lead}}\n  maxParallel: 2\n  members:\n",
+fn team_yaml(members: &[&str], max_parallel: u32) -> String {
+    let mut y = format!(
+        "apiVersion: reverie.dev/v1alpha1\nkind: AgentTeam\nmetadata:\n  name: devs\nspec:\n  lead: {{agentRef: {{name: lead}}}}\n  maxParallel: {max_parallel}\n  members:\n",
     );
     for m in members {
         y.push_str(&format!(
@@ -214,7 +214,7 @@ async fn lead_delegates_two_tasks_that_run_in_parallel() {
             &agent_yaml(m, &mock.url, role, "[bash, files, memory]", "llm"),
         );
     }
-    cp.apply_yaml(&ns, &team_yaml(&["alice", "bob"]));
+    cp.apply_yaml(&ns, &team_yaml(&["alice", "bob"], 2));
     let teams: Api<AgentTeam> = Api::namespaced(cp.client(), &ns);
     eventually("team devs Ready", Duration::from_secs(60), || async {
         let t = teams.get("devs").await.map_err(|e| e.to_string())?;
@@ -464,7 +464,7 @@ async fn delegating_to_an_unknown_member_is_a_tool_error() {
         &ns,
         &agent_yaml("alice", &mock.url, "ALICE", "[files]", "llm"),
     );
-    cp.apply_yaml(&ns, &team_yaml(&["alice"]));
+    cp.apply_yaml(&ns, &team_yaml(&["alice"], 2));
     cp.apply_yaml(
         &ns,
         &session_yaml("r8", "teamRef: {name: devs}", "Ship release 8", 120),
@@ -501,4 +501,63 @@ async fn a_session_past_its_timeout_fails_with_the_reason() {
     assert_eq!(st.phase, Some(SessionPhase::Failed));
     let msg = st.message.unwrap_or_default();
     assert!(msg.contains("DeadlineExceeded"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_parallel_one_runs_the_children_one_after_the_other() {
+    let mut rules = vec![
+        Rule::new(Answer::Tools(
+            None,
+            vec![(
+                "delegate".into(),
+                json!({"tasks": [
+                    {"member": "alice", "task": "Deploy service-a"},
+                    {"member": "bob", "task": "Deploy service-b"}
+                ]}),
+            )],
+        ))
+        .system("ROLE:LEAD")
+        .last("Ship release 9"),
+        Rule::new(Answer::Text("SERIAL-DONE".into()))
+            .system("ROLE:LEAD")
+            .last("BOB-DONE"),
+    ];
+    rules.extend(member_rules("ALICE", "service-a", "ALICE-DONE"));
+    rules.extend(member_rules("BOB", "service-b", "BOB-DONE"));
+    let mock = MockLlm::start(rules);
+    let (cp, ns) = setup("agents-serial").await;
+    let ws = cp.pvc_dir(&ns, "devs-workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("deploy.sh"), DEPLOY_SH).unwrap();
+    cp.apply_yaml(&ns, &secret_yaml());
+    cp.apply_yaml(&ns, store_yaml());
+    cp.apply_yaml(
+        &ns,
+        &agent_yaml("lead", &mock.url, "LEAD", "[delegate]", "llm"),
+    );
+    for (m, role) in [("alice", "ALICE"), ("bob", "BOB")] {
+        cp.apply_yaml(&ns, &agent_yaml(m, &mock.url, role, "[bash, files]", "llm"));
+    }
+    cp.apply_yaml(&ns, &team_yaml(&["alice", "bob"], 1));
+    cp.apply_yaml(
+        &ns,
+        &session_yaml("r9", "teamRef: {name: devs}", "Ship release 9", 300),
+    );
+    let s = wait_session_done(cp, &ns, "r9", 180).await;
+    let st = s.status.unwrap();
+    assert_eq!(st.phase, Some(SessionPhase::Succeeded), "{st:?}");
+    assert_eq!(st.result.as_deref(), Some("SERIAL-DONE"));
+    let pods: Api<Pod> = Api::namespaced(cp.client(), &ns);
+    let kids = pods
+        .list(&ListParams::default().labels("reverie.dev/parent=r9"))
+        .await
+        .unwrap();
+    assert_eq!(kids.items.len(), 2);
+    let (a0, a1) = run_window(&kids.items[0]);
+    let (b0, b1) = run_window(&kids.items[1]);
+    eprintln!("maxParallel 1: member pods ran {a0}..{a1} and {b0}..{b1}");
+    assert!(
+        a1 <= b0 || b1 <= a0,
+        "member pods overlapped with maxParallel 1"
+    );
 }

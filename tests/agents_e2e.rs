@@ -126,7 +126,7 @@ fn run_window(pod: &Pod) -> (k8s_openapi::jiff::Timestamp, k8s_openapi::jiff::Ti
     )
 }
 
-const DEPLOY_SH: &str = r#"if [ "$2" != "--migrate" ]; then echo "error: database migration pending for $1" >&2; exit 1; fi
+const DEPLOY_SH: &str = r#"if [ "$2" != "--migrate" ]; then echo "error: database migration pending; run with --migrate" >&2; exit 1; fi
 echo "deployed $1"
 "#;
 

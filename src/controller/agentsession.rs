@@ -372,6 +372,13 @@ pub fn status_from_job(
     };
     let start = job.status.as_ref().and_then(|s| s.start_time.clone());
     match job_finished(job) {
+        // The Job controller sets startTime once it starts the Job's pod.
+        None if start.is_none() => (
+            SessionPhase::Pending,
+            None,
+            None,
+            Health::reconciling("Starting", "the session's pod is starting"),
+        ),
         None => (
             SessionPhase::Running,
             start,
@@ -806,6 +813,17 @@ mod tests {
         assert_eq!(status_from_job(None, None).0, SessionPhase::Pending);
         assert_eq!(
             status_from_job(Some(&Job::default()), None).0,
+            SessionPhase::Pending
+        );
+        let started = Job {
+            status: Some(JobStatus {
+                start_time: Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            status_from_job(Some(&started), None).0,
             SessionPhase::Running
         );
         let term = Termination {

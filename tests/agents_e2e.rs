@@ -331,17 +331,45 @@ async fn lead_delegates_two_tasks_that_run_in_parallel() {
     let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
     let job = jobs.get("release-7-run").await.unwrap();
     assert!(!serde_json::to_string(&job).unwrap().contains(KEY));
-    let _ = dream_over(&store);
+
+    // Dreaming over the store finds the error both members hit and its fix.
+    let patch = dream_over(&store);
+    let ops = patch["spec"]["ops"].as_sequence().expect("ops");
+    let lesson = ops
+        .iter()
+        .find(|op| op["reason"].as_str() == Some("recurring-error"))
+        .unwrap_or_else(|| panic!("no lesson in {patch:?}"));
+    assert_eq!(lesson["op"].as_str(), Some("add"));
+    assert_eq!(lesson["path"].as_str(), Some("lessons.md"));
+    let content = lesson["content"].as_str().unwrap_or("");
+    assert!(
+        content.contains("database migration pending") && content.contains("--migrate"),
+        "{content}"
+    );
+    let mut sessions: Vec<&str> = lesson["evidence"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["session"].as_str())
+        .collect();
+    sessions.sort();
+    sessions.dedup();
+    assert_eq!(sessions, vec!["release-7-alice-1", "release-7-bob-2"]);
 }
 
-/// Runs `reverie dream` over the store directory; returns the patch YAML.
-fn dream_over(store: &std::path::Path) -> String {
+/// Runs `reverie dream` over the store directory; returns the patch.
+fn dream_over(store: &std::path::Path) -> serde_yaml::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_reverie"))
         .args(["dream", "--store"])
         .arg(store)
         .output()
         .expect("run reverie dream");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert!(
+        out.status.success(),
+        "reverie dream failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::from_slice(&out.stdout).expect("the dream prints a MemoryPatch")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -257,6 +257,12 @@ async fn prepare(
             read_only: m.access == Access::ReadOnly,
         })
         .collect();
+    // A store someone dreams over needs `memories/`, even before the agent
+    // writes its first memory.
+    for s in stores.iter().filter(|s| !s.read_only) {
+        let dir = s.root.join(crate::memory::layout::MEMORIES);
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    }
     let transcript = agent
         .spec
         .memory

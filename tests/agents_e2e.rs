@@ -56,6 +56,17 @@ fn store_yaml() -> &'static str {
 }
 
 fn agent_yaml(name: &str, url: &str, role: &str, tools: &str, secret: &str) -> String {
+    agent_yaml_with(name, "anthropic", url, role, tools, secret)
+}
+
+fn agent_yaml_with(
+    name: &str,
+    provider: &str,
+    url: &str,
+    role: &str,
+    tools: &str,
+    secret: &str,
+) -> String {
     format!(
         r#"apiVersion: reverie.dev/v1alpha1
 kind: Agent
@@ -63,7 +74,7 @@ metadata:
   name: {name}
 spec:
   model:
-    provider: anthropic
+    provider: {provider}
     name: test-model
     baseURL: {url}
     apiKeySecretRef: {{name: {secret}, key: api-key}}
@@ -208,10 +219,15 @@ async fn lead_delegates_two_tasks_that_run_in_parallel() {
             "llm",
         ),
     );
-    for (m, role) in [("alice", "ALICE"), ("bob", "BOB")] {
+    // One member speaks the Anthropic wire format, the other OpenAI's.
+    let openai_url = format!("{}/v1", mock.url);
+    for (m, provider, url, role) in [
+        ("alice", "anthropic", &mock.url, "ALICE"),
+        ("bob", "openai", &openai_url, "BOB"),
+    ] {
         cp.apply_yaml(
             &ns,
-            &agent_yaml(m, &mock.url, role, "[bash, files, memory]", "llm"),
+            &agent_yaml_with(m, provider, url, role, "[bash, files, memory]", "llm"),
         );
     }
     cp.apply_yaml(&ns, &team_yaml(&["alice", "bob"], 2));
@@ -281,6 +297,41 @@ async fn lead_delegates_two_tasks_that_run_in_parallel() {
     )
     .await;
 
+    // Quiet when idle: nothing is rewritten once the work is done.
+    let teams_rv = teams.get("devs").await.unwrap().metadata.resource_version;
+    let session_rv = sessions
+        .get("release-7")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        teams.get("devs").await.unwrap().metadata.resource_version,
+        teams_rv
+    );
+    assert_eq!(
+        sessions
+            .get("release-7")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        session_rv
+    );
+    // Phase changes are recorded as Events.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(cp.client(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("release-7"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Succeeded"), "{reasons:?}");
+
     // The two member pods ran at the same time.
     let pods: Api<Pod> = Api::namespaced(cp.client(), &ns);
     let kids = pods
@@ -312,7 +363,15 @@ async fn lead_delegates_two_tasks_that_run_in_parallel() {
         .find(|r| r.system.contains("ROLE:LEAD") && r.last.contains("ALICE-DONE"))
         .expect("the lead got the delegation result");
     assert!(consolidating.last.contains("BOB-DONE"));
-    assert!(reqs.iter().all(|r| r.api_key.as_deref() == Some(KEY)));
+    for r in &reqs {
+        if r.system.contains("ROLE:BOB") {
+            assert_eq!(r.path, "/chat/completions");
+            assert_eq!(r.authorization.as_deref(), Some(&*format!("Bearer {KEY}")));
+        } else {
+            assert_eq!(r.path, "/v1/messages");
+            assert_eq!(r.api_key.as_deref(), Some(KEY));
+        }
+    }
 
     // Three transcripts, each closed by an outcome line.
     let store = cp.pvc_dir(&ns, "team-memory");

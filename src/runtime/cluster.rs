@@ -7,7 +7,8 @@ use super::tools::{FilesTool, MemoryTool, StoreMount, ToolOutput};
 use super::transcript::Transcript;
 use super::{AgentLoop, RuntimeError, Toolbox};
 use crate::api::{
-    Access, Agent, AgentSession, AgentSessionSpec, AgentTeam, LocalRef, SessionPhase, Tool,
+    Access, Agent, AgentSession, AgentSessionSpec, AgentSessionStatus, AgentTeam, LocalRef,
+    SessionPhase, Tool,
 };
 use crate::memory::layout::SESSIONS;
 use crate::pathmap;
@@ -168,11 +169,7 @@ impl Delegator {
                 self.api.clone(),
                 name,
                 |s: Option<&AgentSession>| {
-                    s.and_then(|s| s.status.as_ref())
-                        .and_then(|s| s.phase)
-                        .is_some_and(|p| {
-                            matches!(p, SessionPhase::Succeeded | SessionPhase::Failed)
-                        })
+                    s.and_then(|s| s.status.as_ref()).is_some_and(child_settled)
                 },
             )
         });
@@ -193,7 +190,14 @@ impl Delegator {
                 }
             };
             let phase = status.phase.unwrap_or_default();
-            out.push_str(&format!("## {name} (member {member}): {phase:?}\n"));
+            let stalled = stalled_message(&status);
+            match &stalled {
+                Some(m) if !matches!(phase, SessionPhase::Succeeded | SessionPhase::Failed) => {
+                    out.push_str(&format!("## {name} (member {member}): Stalled: {m}\n\n"));
+                    continue;
+                }
+                _ => out.push_str(&format!("## {name} (member {member}): {phase:?}\n")),
+            }
             let file = self.workspace.join("results").join(format!("{name}.md"));
             match std::fs::read_to_string(&file) {
                 Ok(text) => out.push_str(&format!("/workspace/results/{name}.md:\n{text}\n")),
@@ -210,6 +214,24 @@ impl Delegator {
         }
         ToolOutput::ok(out)
     }
+}
+
+/// The Stalled condition's message, when the session cannot progress.
+fn stalled_message(s: &AgentSessionStatus) -> Option<String> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition::STALLED && c.status == "True")
+        .map(|c| c.message.clone())
+}
+
+/// A child the lead stops waiting for: finished, or stalled before it could
+/// start (say its Agent's Secret is missing) — the lead hears why instead of
+/// waiting for its own deadline.
+fn child_settled(s: &AgentSessionStatus) -> bool {
+    matches!(
+        s.phase,
+        Some(SessionPhase::Succeeded) | Some(SessionPhase::Failed)
+    ) || (s.phase == Some(SessionPhase::Pending) && stalled_message(s).is_some())
 }
 
 fn now() -> String {
@@ -392,4 +414,41 @@ async fn run_inner(ns: &str, name: &str) -> Result<Termination, RuntimeError> {
         usage: r.usage,
         message: r.message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn cond(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "SecretNotFound".into(),
+            message: "Secret llm (key api-key) not found".into(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn the_lead_stops_waiting_for_finished_or_stalled_children() {
+        let mut s = AgentSessionStatus {
+            phase: Some(SessionPhase::Running),
+            ..Default::default()
+        };
+        assert!(!child_settled(&s));
+        s.phase = Some(SessionPhase::Failed);
+        assert!(child_settled(&s));
+        s.phase = Some(SessionPhase::Pending);
+        s.conditions = vec![cond("Ready", "False"), cond("Reconciling", "True")];
+        assert!(!child_settled(&s));
+        s.conditions = vec![cond("Ready", "False"), cond("Stalled", "True")];
+        assert!(child_settled(&s));
+        assert_eq!(
+            stalled_message(&s).as_deref(),
+            Some("Secret llm (key api-key) not found")
+        );
+    }
 }

@@ -429,10 +429,9 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
     };
     let mut requeue = None;
 
-    // Children: every session whose parent is this one, sorted by name.
-    let kids = sessions
-        .list(&ListParams::default().labels(&format!("{PARENT_LABEL}={name}")))
-        .await?;
+    // Children: every session whose `parentRef` is this one (by spec, not by
+    // label, so a child created by hand counts too), sorted by name.
+    let kids = sessions.list(&ListParams::default()).await?;
     let mut children: Vec<ChildSession> = kids
         .items
         .iter()
@@ -628,7 +627,7 @@ pub async fn run(ctx: Arc<Context>) {
     // frees a slot for its waiting siblings.
     .watches(
         watched_api::<AgentSession>(&ctx),
-        watcher::Config::default().labels(PARENT_LABEL),
+        watcher::Config::default(),
         |child: AgentSession| {
             let ns = child.namespace().unwrap_or_default();
             child

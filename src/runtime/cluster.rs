@@ -30,6 +30,7 @@ pub struct Delegator {
 }
 
 impl Delegator {
+    /// The tool for `parent`, a lead session of `team`.
     pub fn new(
         api: Api<AgentSession>,
         team: AgentTeam,

@@ -37,6 +37,7 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         RuntimeError::Io {
             path: path.to_path_buf(),

@@ -27,12 +27,14 @@ pub struct ToolOutput {
 }
 
 impl ToolOutput {
+    /// A result the model reads as success.
     pub fn ok(content: impl Into<String>) -> Self {
         ToolOutput {
             content: content.into(),
             is_error: false,
         }
     }
+    /// A result sent with `is_error: true`.
     pub fn err(content: impl Into<String>) -> Self {
         ToolOutput {
             content: content.into(),

@@ -2,6 +2,7 @@
 //!
 //! `anyhow` lives here, at the edge; the library below returns typed errors.
 
+pub mod agent;
 pub mod crdgen;
 pub mod dream;
 pub mod memory;
@@ -26,6 +27,8 @@ pub enum Command {
     /// Apply, preview, list and roll back changes to a store.
     #[command(subcommand)]
     Memory(memory::MemoryCommand),
+    /// Run an AgentSession (the agent runtime in a session's pod).
+    Agent(agent::AgentArgs),
     /// Print every CustomResourceDefinition (the content of `crds/`).
     Crdgen(crdgen::CrdgenArgs),
 }
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dream(a) => dream::run(*a),
         Command::Memory(c) => memory::run(c),
         Command::Crdgen(a) => crdgen::run(a),
+        Command::Agent(a) => agent::run(a),
     }
 }

@@ -5,6 +5,7 @@
 pub mod crdgen;
 pub mod dream;
 pub mod memory;
+pub mod plugin;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -28,6 +29,9 @@ pub enum Command {
     Memory(memory::MemoryCommand),
     /// Print every CustomResourceDefinition (the content of `crds/`).
     Crdgen(crdgen::CrdgenArgs),
+    /// The kubectl plugin (`kubectl reverie …`) for users who do not link
+    /// the binary as `kubectl-reverie`.
+    Plugin(plugin::PluginArgs),
 }
 
 /// Output format for commands that print data.
@@ -63,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dream(a) => dream::run(a),
         Command::Memory(c) => memory::run(c),
         Command::Crdgen(a) => crdgen::run(a),
+        Command::Plugin(a) => plugin::run(a),
     }
 }

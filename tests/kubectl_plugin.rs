@@ -292,7 +292,15 @@ async fn dream_now_sets_the_annotation() {
         out.contains(&format!("reverie.dev/dream-now={value}")),
         "{out}"
     );
-    assert!(out.contains("nightly-now-"), "{out}");
+    // The Job the controller will start for this token.
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(value.as_bytes()))
+    };
+    assert!(
+        out.contains(&format!("as Job nightly-now-{}", &hash[..8])),
+        "{out}"
+    );
 
     let o = kubectl_reverie(cp, &dir, &["dream-now", "missing", "-n", &ns]);
     assert!(!o.status.success());

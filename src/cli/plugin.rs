@@ -463,6 +463,23 @@ pub fn dream_now_patch(now: DateTime<Utc>) -> serde_json::Value {
     })
 }
 
+/// The name of the Job the controller starts for a dream-now token:
+/// `<schedule>-now-<first 8 hex digits of the token's SHA-256>`, the same
+/// for the same token (so a restarted controller never starts it twice).
+/// Names that would pass 63 characters are shortened by the controller;
+/// then only the pattern is shown.
+pub fn dream_now_job_name(schedule: &str, token: &str) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let hash = digest.get(..8).unwrap_or(&digest);
+    let name = format!("{schedule}-now-{hash}");
+    if name.len() <= 63 {
+        name
+    } else {
+        format!("{schedule}-now-<8 hex> (shortened to 63 characters)")
+    }
+}
+
 async fn dream_now(
     client: &kube::Client,
     ns: &str,
@@ -503,8 +520,9 @@ async fn dream_now(
         })?;
     let stamp = now.to_rfc3339_opts(SecondsFormat::Secs, true);
     let mut text = format!(
-        "dreamschedule/{name} annotated {DREAM_NOW_ANNOTATION}={stamp}: the controller starts a dream of store {} as Job {name}-now-<8 hex>\n",
-        schedule.spec.store_ref.name
+        "dreamschedule/{name} annotated {DREAM_NOW_ANNOTATION}={stamp}: the controller starts a dream of store {} as Job {}\n",
+        schedule.spec.store_ref.name,
+        dream_now_job_name(name, &stamp)
     );
     if schedule.spec.suspend {
         text.push_str("note: the schedule is suspended; suspension stops scheduled dreams only\n");
@@ -1373,6 +1391,29 @@ mod tests {
             existing_decision(&p).as_deref(),
             Some("already rejected by carol (reason: too broad)")
         );
+    }
+
+    #[test]
+    fn dream_now_job_name_hashes_the_token() {
+        // sha256("2026-11-30T20:41:07Z") starts with these 8 hex digits.
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b"2026-11-30T20:41:07Z"))
+        };
+        assert_eq!(
+            dream_now_job_name("nightly", "2026-11-30T20:41:07Z"),
+            format!("nightly-now-{}", &digest[..8])
+        );
+        assert_eq!(
+            dream_now_job_name("nightly", "2026-11-30T20:41:07Z"),
+            dream_now_job_name("nightly", "2026-11-30T20:41:07Z")
+        );
+        assert_ne!(
+            dream_now_job_name("nightly", "2026-11-30T20:41:07Z"),
+            dream_now_job_name("nightly", "2026-11-30T20:41:08Z")
+        );
+        let long = "x".repeat(60);
+        assert!(dream_now_job_name(&long, "t").contains("shortened"));
     }
 
     #[test]

@@ -469,3 +469,116 @@ lead                  Running    team/dev
     assert_eq!(v["children"][0]["children"][0]["phase"], "Running");
     assert_eq!(v["children"][1]["phase"], "Failed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_comes_from_the_context_and_flags_override_it() {
+    let cp = ControlPlane::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("plugin-context").await;
+    let dir = plugin_dir(cp, &ns);
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: in-context}\nspec: {}\n",
+    );
+
+    // A kubeconfig whose context names the test namespace, and a second
+    // context (same cluster and user) that names `default`.
+    let admin = std::fs::read_to_string(cp.kubeconfig_path()).expect("read the kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+    let contexts = config["contexts"]
+        .as_sequence_mut()
+        .expect("kubeconfig contexts");
+    let mut other = contexts[0].clone();
+    contexts[0]["context"]["namespace"] = serde_yaml::Value::from(ns.as_str());
+    other["name"] = serde_yaml::Value::from("elsewhere");
+    other["context"]["namespace"] = serde_yaml::Value::from("default");
+    contexts.push(other);
+    let file = cp.dir().join(format!("{ns}.kubeconfig"));
+    std::fs::write(&file, serde_yaml::to_string(&config).expect("encode")).expect("write");
+    let file = file.to_str().expect("utf-8 path");
+
+    // No -n: the current context's namespace.
+    let o = kubectl_reverie(cp, &dir, &["status", "--kubeconfig", file]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("in-context"), "{}", text(&o));
+
+    // --context picks the other context and its namespace.
+    let o = kubectl_reverie(
+        cp,
+        &dir,
+        &[
+            "status",
+            "in-context",
+            "--kubeconfig",
+            file,
+            "--context",
+            "elsewhere",
+        ],
+    );
+    assert!(!o.status.success(), "found in the wrong namespace");
+    assert!(text(&o).contains("in namespace default"), "{}", text(&o));
+
+    // -n wins over the context.
+    let o = kubectl_reverie(
+        cp,
+        &dir,
+        &[
+            "status",
+            "in-context",
+            "--kubeconfig",
+            file,
+            "--context",
+            "elsewhere",
+            "-n",
+            &ns,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An unknown context is an error that names it.
+    let o = kubectl_reverie(
+        cp,
+        &dir,
+        &["status", "--kubeconfig", file, "--context", "nope"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nope"), "{}", text(&o));
+}
+
+/// Every manifest in `docs/resources.md` is accepted by the apiserver, so
+/// the documented examples cannot drift from the CRDs.
+#[tokio::test(flavor = "multi_thread")]
+async fn documented_examples_are_valid() {
+    let cp = ControlPlane::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("plugin-docs").await;
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/resources.md"))
+            .expect("read docs/resources.md");
+    let mut blocks = Vec::new();
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed yaml block");
+        blocks.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    assert_eq!(blocks.len(), 6, "one full example per resource");
+    for (i, block) in blocks.iter().enumerate() {
+        let file = cp.dir().join(format!("{ns}-doc-{i}.yaml"));
+        std::fs::write(&file, block).expect("write manifest");
+        let o = cp.kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "-f",
+            file.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            o.status.success(),
+            "example {i} of docs/resources.md: {}\n{block}",
+            text(&o)
+        );
+    }
+}

@@ -110,17 +110,22 @@ async fn approve_and_reject_go_through_the_policy() {
         &ns,
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-approves}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reverie-approver}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: patch-editor}\nrules:\n- {apiGroups: [reverie.dev], resources: [memorypatches], verbs: [get, list, patch, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]\n",
     );
-    for p in ["p1", "p2", "p3", "probe"] {
+    for p in ["p1", "p2", "p3"] {
         cp.apply_yaml(&ns, &patch_manifest(p, "team-memory"));
     }
 
     // A new policy binding takes a moment to be enforced: wait until bob is
-    // refused (on a probe patch, so the real ones stay undecided).
+    // refused. Each try uses a new probe patch, because a try that comes
+    // before enforcement succeeds and decides its probe for good.
+    let mut tries = 0;
     common::eventually(
         "the approval policy to be enforced",
         Duration::from_secs(30),
         || {
-            let o = kubectl_reverie(cp, &dir, &["approve", "probe", "-n", &ns, "--as", "bob"]);
+            tries += 1;
+            let probe = format!("probe-{tries}");
+            cp.apply_yaml(&ns, &patch_manifest(&probe, "team-memory"));
+            let o = kubectl_reverie(cp, &dir, &["approve", &probe, "-n", &ns, "--as", "bob"]);
             let t = text(&o);
             async move {
                 if !o.status.success() && t.contains("may not approve") {

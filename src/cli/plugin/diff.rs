@@ -262,4 +262,48 @@ summary: one fix
         // Deterministic: same resource, same bytes.
         assert_eq!(text, render_diff(&review_patch(), true));
     }
+
+    #[test]
+    fn diff_shows_merges_moves_and_missing_texts() {
+        let mut merge = op(OpKind::Merge);
+        merge.path = "prefs.md".into();
+        merge.ids = Some(vec!["a1b2c3d4e5f6".into(), "notes.md#b2c3d4e5f6a1".into()]);
+        merge.before = Some("Keep PRs small.\n\nKeep pull requests under 400 lines.".into());
+        merge.content = Some("Keep pull requests small, under 400 changed lines.".into());
+        merge.reason = Reason::Duplicate;
+        merge.evidence = vec![Evidence {
+            entry: Some("notes.md#b2c3d4e5f6a1".into()),
+            ..Default::default()
+        }];
+        let mut mv = op(OpKind::Move);
+        mv.path = "notes.md".into();
+        mv.id = Some("0c1d2e3f4a5b".into());
+        mv.to = Some("prefs.md".into());
+        mv.section = Some("Shared".into());
+        mv.before = Some("Ask before deleting data.".into());
+        mv.reason = Reason::SharedPreference;
+        let mut blind = op(OpKind::Update);
+        blind.id = Some("77aa01c2d3e4".into());
+        blind.content = Some("New text.".into());
+        let text = render_diff(&patch("p2", "s", vec![merge, mv, blind]), false);
+        let expected = "\
+memorypatch/p2 (namespace team): store s, base revision 41, 3 op(s), phase -
+summary: one fix
+
+@@ op 1/3: merge prefs.md [a1b2c3d4e5f6, notes.md#b2c3d4e5f6a1] | reason: duplicate @@
+   evidence: entry notes.md#b2c3d4e5f6a1
+-Keep PRs small.
+-
+-Keep pull requests under 400 lines.
++Keep pull requests small, under 400 changed lines.
+
+@@ op 2/3: move notes.md#0c1d2e3f4a5b -> prefs.md (section \"Shared\") | reason: shared-preference @@
+ Ask before deleting data.
+
+@@ op 3/3: update infra.md#77aa01c2d3e4 | reason: contradiction @@
+   (the previous text is not recorded in the patch)
++New text.
+";
+        assert_eq!(text, expected);
+    }
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod crdgen;
 pub mod dream;
 pub mod memory;
+pub mod plugin;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -31,6 +32,9 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Print every CustomResourceDefinition (the content of `crds/`).
     Crdgen(crdgen::CrdgenArgs),
+    /// The kubectl plugin (`kubectl reverie …`) for users who do not link
+    /// the binary as `kubectl-reverie`.
+    Plugin(plugin::PluginArgs),
 }
 
 /// Output format for commands that print data.
@@ -67,5 +71,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Memory(c) => memory::run(c),
         Command::Crdgen(a) => crdgen::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Plugin(a) => plugin::run(a),
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! `anyhow` lives here, at the edge; the library below returns typed errors.
 
+pub mod controller;
 pub mod crdgen;
 pub mod dream;
 pub mod memory;
@@ -28,6 +29,8 @@ pub enum Command {
     Memory(memory::MemoryCommand),
     /// Print every CustomResourceDefinition (the content of `crds/`).
     Crdgen(crdgen::CrdgenArgs),
+    /// Run the operator: reconcile stores, schedules and patches.
+    Controller(controller::ControllerArgs),
 }
 
 /// Output format for commands that print data.
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dream(a) => dream::run(a),
         Command::Memory(c) => memory::run(c),
         Command::Crdgen(a) => crdgen::run(a),
+        Command::Controller(a) => controller::run(a),
     }
 }

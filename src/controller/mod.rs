@@ -5,6 +5,14 @@
 pub mod context;
 pub mod status;
 
+// The dream loop: stores, schedules, patches and the pods they start.
+pub mod dreamschedule;
+pub mod jobs;
+pub mod memorypatch;
+pub mod memorystore;
+pub mod workers;
+pub mod writes;
+
 pub use context::{Context, ControllerConfig};
 
 /// The field manager of every write the controller makes.
@@ -40,8 +48,13 @@ impl Error {
 /// the API is gone for good) or the process is signalled.
 pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {
     // Each kind's module adds its `run(ctx)` future here.
-    let controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![];
-    let _ = &ctx;
+    use futures::FutureExt;
+    let controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![
+        // The dream loop.
+        memorystore::run(ctx.clone()).boxed(),
+        dreamschedule::run(ctx.clone()).boxed(),
+        memorypatch::run(ctx.clone()).boxed(),
+    ];
     futures::future::join_all(controllers).await;
     Ok(())
 }

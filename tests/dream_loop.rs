@@ -1,0 +1,429 @@
+//! The operator's dream loop on the real control plane: MemoryStore →
+//! DreamSchedule CronJob → MemoryPatch awaiting approval → apply Job. The
+//! controller runs in-process (one per test, watching only that test's
+//! namespace); the test node runs the pods as the cargo-built `reverie`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::node::TestNode;
+use common::{eventually, ControlPlane};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams};
+use reverie::api::{DreamSchedule, MemoryPatch, MemoryStore, PatchPhase};
+use reverie::controller::{self, Context, ControllerConfig};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Starts the controller for `ns` on the calling test's runtime.
+fn start_controller(cp: &ControlPlane, ns: &str) {
+    let ctx = Arc::new(Context {
+        client: cp.client(),
+        config: ControllerConfig {
+            image: "reverie".to_string(),
+            worker_service_account: "reverie-worker".to_string(),
+            namespace: Some(ns.to_string()),
+        },
+    });
+    tokio::spawn(async move {
+        if let Err(e) = controller::run(ctx).await {
+            eprintln!("controller stopped: {e}");
+        }
+    });
+}
+
+fn install_policy(cp: &ControlPlane) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/reverie/templates");
+    for f in ["approval-policy.yaml", "approver-clusterrole.yaml"] {
+        let path = dir.join(f);
+        let out = cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=reverie-tests",
+            "-f",
+            path.to_str().expect("utf-8 path"),
+        ]);
+        assert!(out.status.success(), "applying {f}: {}", text(&out));
+    }
+}
+
+/// alice may approve patches in `ns`; bob may edit them but not approve.
+fn grant_users(cp: &ControlPlane, ns: &str) {
+    cp.apply_yaml(
+        ns,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: patch-editor}\nrules:\n- {apiGroups: [reverie.dev], resources: [memorypatches], verbs: [get, list, patch, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-approves}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reverie-approver}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]\n",
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Seeds the claim of store `team` with `examples/store` and creates the
+/// store; waits until it is Ready. Returns the claim directory.
+async fn seeded_store(cp: &ControlPlane, ns: &str) -> std::path::PathBuf {
+    let dir = cp.pvc_dir(ns, "team-memory");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"),
+        &dir,
+    );
+    cp.apply_yaml(
+        ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n",
+    );
+    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), ns);
+    eventually("store team to be Ready", WAIT, || async {
+        let s = stores.get("team").await.map_err(|e| e.to_string())?;
+        ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
+            .then_some(())
+            .ok_or(format!("{:?}", s.status))
+    })
+    .await;
+    dir
+}
+
+fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
+    conds.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn condition_reason(
+    conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+    type_: &str,
+) -> Option<String> {
+    conds?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.clone())
+}
+
+fn entry_id(text: &str) -> String {
+    reverie::memory::entry_id(text)
+}
+
+const TIMEOUT_ENTRY: &str = "The default request timeout is 10s.";
+
+/// A patch of store `team` that adds a lesson and deletes the timeout note.
+fn patch_yaml(name: &str, schedule: Option<&str>, with_delete: bool) -> String {
+    let labels = match schedule {
+        Some(s) => format!("  labels: {{reverie.dev/store: team, reverie.dev/schedule: {s}}}\n"),
+        None => "  labels: {reverie.dev/store: team}\n".to_string(),
+    };
+    let delete = if with_delete {
+        format!(
+            "  - {{op: delete, path: notes.md, id: {}, before: {TIMEOUT_ENTRY:?}, reason: stale}}\n",
+            entry_id(TIMEOUT_ENTRY)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryPatch\nmetadata:\n  name: {name}\n{labels}spec:\n  storeRef: {{name: team}}\n  baseRevision: 0\n  summary: test patch\n  ops:\n  - {{op: add, path: lessons.md, section: Deploys, content: \"Drain the node before the kernel upgrade ({name}).\", reason: instruction}}\n{delete}"
+    )
+}
+
+async fn wait_phase(cp: &ControlPlane, ns: &str, name: &str, want: PatchPhase) -> MemoryPatch {
+    let api: Api<MemoryPatch> = Api::namespaced(cp.client(), ns);
+    eventually(&format!("patch {name} to be {want:?}"), WAIT, || async {
+        let p = api.get(name).await.map_err(|e| e.to_string())?;
+        match p.status.as_ref().and_then(|s| s.phase) {
+            Some(ph) if ph == want => Ok(p),
+            _ => Err(format!("{:?}", p.status)),
+        }
+    })
+    .await
+}
+
+fn approve_as(cp: &ControlPlane, user: &str, ns: &str, patch: &str, verdict: &str) -> Output {
+    cp.kubectl_as(
+        user,
+        &[
+            "annotate",
+            "-n",
+            ns,
+            "memorypatch",
+            patch,
+            &format!("reverie.dev/approval={verdict}"),
+            &format!("reverie.dev/approved-by={user}"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approved_patch_is_applied_by_a_job() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    install_policy(cp);
+    let ns = cp.create_namespace("loop-apply").await;
+    grant_users(cp, &ns);
+    start_controller(cp, &ns);
+    let dir = seeded_store(cp, &ns).await;
+
+    // The store owns its claim and set up the worker identity.
+    let claim: PersistentVolumeClaim = Api::namespaced(cp.client(), &ns)
+        .get("team-memory")
+        .await
+        .expect("claim");
+    assert_eq!(
+        claim.metadata.owner_references.expect("owner")[0].kind,
+        "MemoryStore"
+    );
+    Api::<ServiceAccount>::namespaced(cp.client(), &ns)
+        .get("reverie-worker")
+        .await
+        .expect("worker service account");
+
+    cp.apply_yaml(&ns, &patch_yaml("p1", None, true));
+    wait_phase(cp, &ns, "p1", PatchPhase::Pending).await;
+    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
+    eventually("one pending patch", WAIT, || async {
+        let s = stores.get("team").await.map_err(|e| e.to_string())?;
+        (s.status.as_ref().and_then(|s| s.pending_patches) == Some(1))
+            .then_some(())
+            .ok_or(format!("{:?}", s.status))
+    })
+    .await;
+
+    // bob may edit patches but not approve them.
+    let out = approve_as(cp, "bob", &ns, "p1", "approved");
+    assert!(!out.status.success(), "bob approved: {}", text(&out));
+    assert!(text(&out).contains("may not approve"), "{}", text(&out));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(Api::<Job>::namespaced(cp.client(), &ns)
+        .get_opt("p1-apply")
+        .await
+        .expect("get job")
+        .is_none());
+
+    let out = approve_as(cp, "alice", &ns, "p1", "approved");
+    assert!(out.status.success(), "alice: {}", text(&out));
+    let p = wait_phase(cp, &ns, "p1", PatchPhase::Applied).await;
+    let status = p.status.expect("status");
+    assert_eq!(status.applied_revision, Some(1), "{status:?}");
+
+    let lessons = std::fs::read_to_string(dir.join("memories/lessons.md")).expect("lessons");
+    assert!(lessons.contains("Drain the node before the kernel upgrade (p1)."));
+    let notes = std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes");
+    assert!(!notes.contains(TIMEOUT_ENTRY), "{notes}");
+
+    eventually("store at revision 1, nothing pending", WAIT, || async {
+        let s = stores.get("team").await.map_err(|e| e.to_string())?;
+        let st = s.status.clone().unwrap_or_default();
+        (st.revision == Some(1) && st.pending_patches == Some(0) && st.entries.is_some())
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_and_conflicting_patches_change_nothing() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    install_policy(cp);
+    let ns = cp.create_namespace("loop-reject").await;
+    grant_users(cp, &ns);
+    start_controller(cp, &ns);
+    let dir = seeded_store(cp, &ns).await;
+
+    cp.apply_yaml(&ns, &patch_yaml("no", None, false));
+    wait_phase(cp, &ns, "no", PatchPhase::Pending).await;
+    let out = approve_as(cp, "alice", &ns, "no", "rejected");
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(cp, &ns, "no", PatchPhase::Rejected).await;
+
+    // Someone edits the entry the patch deletes between proposal and apply.
+    cp.apply_yaml(&ns, &patch_yaml("late", None, true));
+    wait_phase(cp, &ns, "late", PatchPhase::Pending).await;
+    let notes_path = dir.join("memories/notes.md");
+    let edited = std::fs::read_to_string(&notes_path)
+        .expect("notes")
+        .replace(TIMEOUT_ENTRY, "The default request timeout is 30s.");
+    std::fs::write(&notes_path, &edited).expect("edit");
+    let lessons_before = std::fs::read(dir.join("memories/lessons.md")).expect("lessons");
+
+    let out = approve_as(cp, "alice", &ns, "late", "approved");
+    assert!(out.status.success(), "{}", text(&out));
+    let p = wait_phase(cp, &ns, "late", PatchPhase::Conflicted).await;
+    let msg = p.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        msg.contains(&entry_id(TIMEOUT_ENTRY)) || msg.contains("delete"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes_path).expect("notes"), edited);
+    assert_eq!(
+        std::fs::read(dir.join("memories/lessons.md")).expect("lessons"),
+        lessons_before
+    );
+    assert!(Api::<Job>::namespaced(cp.client(), &ns)
+        .get_opt("no-apply")
+        .await
+        .expect("get")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_mode_approves_only_listed_op_kinds() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    install_policy(cp);
+    let ns = cp.create_namespace("loop-auto").await;
+    start_controller(cp, &ns);
+    let dir = seeded_store(cp, &ns).await;
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: auto}\nspec:\n  storeRef: {name: team}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  approval: {mode: Auto, autoApprove: [add]}\n",
+    );
+    cp.apply_yaml(&ns, &patch_yaml("adds", Some("auto"), false));
+    cp.apply_yaml(&ns, &patch_yaml("deletes", Some("auto"), true));
+
+    let p = wait_phase(cp, &ns, "adds", PatchPhase::Applied).await;
+    let ann = p.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        ann.get("reverie.dev/approval").map(String::as_str),
+        Some("approved")
+    );
+    assert!(ann
+        .get("reverie.dev/approved-by")
+        .is_some_and(|u| !u.is_empty()));
+    let lessons = std::fs::read_to_string(dir.join("memories/lessons.md")).expect("lessons");
+    assert!(lessons.contains("(adds)."));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = wait_phase(cp, &ns, "deletes", PatchPhase::Pending).await;
+    assert!(p
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("reverie.dev/approval")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_own_their_cron_job_and_stall_on_bad_input() {
+    let cp = ControlPlane::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("loop-sched").await;
+    start_controller(cp, &ns);
+    seeded_store(cp, &ns).await;
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: nightly}\nspec:\n  storeRef: {name: team}\n  schedule: \"0 3 * * *\"\n  suspend: true\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: bad-cron}\nspec:\n  storeRef: {name: team}\n  schedule: \"61 3 * * *\"\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: orphan}\nspec:\n  storeRef: {name: nowhere}\n  schedule: \"@daily\"\n",
+    );
+    let crons: Api<CronJob> = Api::namespaced(cp.client(), &ns);
+    let cron = eventually("CronJob nightly-dream", WAIT, || async {
+        crons
+            .get_opt("nightly-dream")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("missing".to_string())
+    })
+    .await;
+    assert_eq!(cron.spec.suspend, Some(true));
+    assert_eq!(cron.spec.concurrency_policy.as_deref(), Some("Forbid"));
+
+    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), &ns);
+    for (name, reason) in [("bad-cron", "InvalidSchedule"), ("orphan", "StoreNotFound")] {
+        eventually(&format!("{name} Stalled/{reason}"), WAIT, || async {
+            let s = schedules.get(name).await.map_err(|e| e.to_string())?;
+            let conds = s.status.as_ref().map(|s| s.conditions.as_slice());
+            (condition_reason(conds, "Stalled").as_deref() == Some(reason))
+                .then_some(())
+                .ok_or(format!("{:?}", s.status))
+        })
+        .await;
+    }
+    assert!(crons
+        .get_opt("bad-cron-dream")
+        .await
+        .expect("get")
+        .is_none());
+
+    // Suspended: the CronJob controller creates no jobs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let jobs = Api::<Job>::namespaced(cp.client(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("jobs");
+    assert!(jobs.items.is_empty(), "{:?}", jobs.items);
+
+    // Quiet when idle: no reverie object or child changes while nothing happens.
+    let snapshot = || async {
+        let c = cp.client();
+        let mut v = Vec::new();
+        for s in Api::<DreamSchedule>::namespaced(c.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+        {
+            v.push(format!("ds/{:?}", s.metadata.resource_version));
+        }
+        for s in Api::<MemoryStore>::namespaced(c.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+        {
+            v.push(format!("ms/{:?}", s.metadata.resource_version));
+        }
+        for s in Api::<CronJob>::namespaced(c.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+        {
+            v.push(format!("cj/{:?}", s.metadata.resource_version));
+        }
+        for s in Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+        {
+            v.push(format!("pvc/{:?}", s.metadata.resource_version));
+        }
+        v
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = snapshot().await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(before, snapshot().await, "the controller wrote while idle");
+
+    // Deleting the schedule removes its CronJob (garbage collection).
+    schedules
+        .delete("nightly", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    eventually("CronJob nightly-dream gone", WAIT, || async {
+        match crons
+            .get_opt("nightly-dream")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+}

@@ -249,11 +249,11 @@ async fn rejected_and_conflicting_patches_change_nothing() {
     start_controller(cp, &ns);
     let dir = seeded_store(cp, &ns).await;
 
-    cp.apply_yaml(&ns, &patch_yaml("no", None, false));
-    wait_phase(cp, &ns, "no", PatchPhase::Pending).await;
-    let out = approve_as(cp, "alice", &ns, "no", "rejected");
+    cp.apply_yaml(&ns, &patch_yaml("nope", None, false));
+    wait_phase(cp, &ns, "nope", PatchPhase::Pending).await;
+    let out = approve_as(cp, "alice", &ns, "nope", "rejected");
     assert!(out.status.success(), "{}", text(&out));
-    wait_phase(cp, &ns, "no", PatchPhase::Rejected).await;
+    wait_phase(cp, &ns, "nope", PatchPhase::Rejected).await;
 
     // Someone edits the entry the patch deletes between proposal and apply.
     cp.apply_yaml(&ns, &patch_yaml("late", None, true));
@@ -279,7 +279,7 @@ async fn rejected_and_conflicting_patches_change_nothing() {
         lessons_before
     );
     assert!(Api::<Job>::namespaced(cp.client(), &ns)
-        .get_opt("no-apply")
+        .get_opt("nope-apply")
         .await
         .expect("get")
         .is_none());

@@ -10,6 +10,7 @@ pub mod dreamschedule;
 pub mod jobs;
 pub mod memorypatch;
 pub mod memorystore;
+pub mod publish;
 pub mod workers;
 pub mod writes;
 

@@ -315,12 +315,11 @@ async fn auto_mode_approves_only_listed_op_kinds() {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let p = wait_phase(cp, &ns, "deletes", PatchPhase::Pending).await;
-    assert!(p
+    assert!(!p
         .metadata
         .annotations
         .unwrap_or_default()
-        .get("reverie.dev/approval")
-        .is_none());
+        .contains_key("reverie.dev/approval"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -426,3 +426,66 @@ async fn schedules_own_their_cron_job_and_stall_on_bad_input() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_store_fails_its_pending_patches_and_follows_the_deletion_policy() {
+    let cp = ControlPlane::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("loop-delete").await;
+    start_controller(cp, &ns);
+    seeded_store(cp, &ns).await;
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: kept}\nspec:\n  deletionPolicy: Retain\n",
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cp.client(), &ns);
+    eventually("claim kept-memory", WAIT, || async {
+        claims
+            .get_opt("kept-memory")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("missing".to_string())
+    })
+    .await;
+    cp.apply_yaml(&ns, &patch_yaml("orphaned", None, false));
+    wait_phase(cp, &ns, "orphaned", PatchPhase::Pending).await;
+
+    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
+    for name in ["team", "kept"] {
+        stores
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete store");
+    }
+    let p = wait_phase(cp, &ns, "orphaned", PatchPhase::Failed).await;
+    let msg = p.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("deleted"), "{msg}");
+    eventually("stores gone", WAIT, || async {
+        let left = stores
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        left.items
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{} left", left.items.len()))
+    })
+    .await;
+    // Delete: the claim goes with the store (garbage collection; the claim
+    // may linger with its own protection finalizer, so a deletion mark counts).
+    eventually("claim team-memory deleted", WAIT, || async {
+        match claims
+            .get_opt("team-memory")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(c) if c.metadata.deletion_timestamp.is_some() => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    // Retain: the claim stays.
+    let kept = claims.get("kept-memory").await.expect("kept claim");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+}

@@ -489,3 +489,112 @@ async fn deleting_a_store_fails_its_pending_patches_and_follows_the_deletion_pol
     let kept = claims.get("kept-memory").await.expect("kept claim");
     assert!(kept.metadata.deletion_timestamp.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dream_now_proposes_a_patch_that_an_approver_applies() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    install_policy(cp);
+    let ns = cp.create_namespace("loop-dream").await;
+    grant_users(cp, &ns);
+    start_controller(cp, &ns);
+    let dir = seeded_store(cp, &ns).await;
+    let before = std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes");
+
+    // Suspended: no scheduled dreams, but dream-now still works.
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata:\n  name: nightly\n  annotations: {reverie.dev/dream-now: \"2026-11-30T21:00:00Z\"}\nspec:\n  storeRef: {name: team}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  sessions: {since: LastDream}\n",
+    );
+    let job_name = reverie::controller::jobs::dream_now_job_name("nightly", "2026-11-30T21:00:00Z");
+    let job = cp.wait_job_finished(&ns, &job_name, WAIT).await;
+    assert_eq!(
+        reverie::controller::jobs::job_state(&job),
+        reverie::controller::jobs::JobState::Succeeded,
+        "dream job: {:?}",
+        job.status
+    );
+
+    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), &ns);
+    let status = eventually("schedule reports the dream", WAIT, || async {
+        let s = schedules.get("nightly").await.map_err(|e| e.to_string())?;
+        let st = s.status.clone().unwrap_or_default();
+        (st.last_patch.is_some() && st.last_dream.is_some())
+            .then_some(st)
+            .ok_or(format!("{:?}", s.status))
+    })
+    .await;
+    assert_eq!(
+        status.last_dream_now.as_deref(),
+        Some("2026-11-30T21:00:00Z")
+    );
+    let name = status.last_patch.expect("patch name");
+
+    let patches: Api<MemoryPatch> = Api::namespaced(cp.client(), &ns);
+    let p = patches.get(&name).await.expect("patch");
+    assert!(!p.spec.ops.is_empty());
+    let labels = p.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("reverie.dev/schedule").map(String::as_str),
+        Some("nightly")
+    );
+    assert_eq!(
+        p.metadata.owner_references.clone().expect("owner")[0].kind,
+        "MemoryStore"
+    );
+    wait_phase(cp, &ns, &name, PatchPhase::Pending).await;
+    // Nothing changed on the volume before approval.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes"),
+        before
+    );
+    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
+    eventually("store lastDream", WAIT, || async {
+        let s = stores.get("team").await.map_err(|e| e.to_string())?;
+        let st = s.status.clone().unwrap_or_default();
+        (st.last_dream.is_some() && st.pending_patches == Some(1) && st.revision == Some(0))
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+
+    // The same token again (a controller restart, a re-apply) starts nothing new.
+    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
+    let count = || async {
+        jobs.list(&ListParams::default())
+            .await
+            .expect("jobs")
+            .items
+            .len()
+    };
+    assert_eq!(count().await, 1);
+
+    let out = approve_as(cp, "alice", &ns, &name, "approved");
+    assert!(out.status.success(), "{}", text(&out));
+    let p = wait_phase(cp, &ns, &name, PatchPhase::Applied).await;
+    assert_eq!(p.status.and_then(|s| s.applied_revision), Some(1));
+    assert_ne!(
+        std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes"),
+        before,
+        "the patch's ops did not reach the volume"
+    );
+    eventually("store at revision 1", WAIT, || async {
+        let s = stores.get("team").await.map_err(|e| e.to_string())?;
+        let st = s.status.clone().unwrap_or_default();
+        (st.revision == Some(1) && st.pending_patches == Some(0))
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    let journal = cp.kubectl_ok(&[
+        "get",
+        "memorystore",
+        "-n",
+        &ns,
+        "team",
+        "-o",
+        "jsonpath={.status.entries}",
+    ]);
+    assert!(!journal.trim().is_empty());
+}

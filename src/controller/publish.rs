@@ -138,9 +138,35 @@ pub async fn publish(
         .await?;
     let prepared = prepare(patch, namespace, store, schedule, Some(owner_ref(&owner)?));
     let api: Api<MemoryPatch> = Api::namespaced(client.clone(), namespace);
+    // The engine's names carry the minute; a retried or repeated dream over
+    // unchanged input proposes the same spec, which must not be queued twice.
+    let existing = api
+        .list(&kube::api::ListParams::default().labels(&format!("{STORE_LABEL}={store}")))
+        .await?
+        .items;
     let mut names = Vec::new();
     for part in split(&prepared, MAX_PATCH_BYTES)? {
         let name = part.name_any();
+        if let Some(same) = existing.iter().find(|p| {
+            p.spec == part.spec
+                && !p.status.as_ref().and_then(|s| s.phase).is_some_and(|ph| {
+                    matches!(
+                        ph,
+                        crate::api::PatchPhase::Rejected
+                            | crate::api::PatchPhase::Applied
+                            | crate::api::PatchPhase::Conflicted
+                            | crate::api::PatchPhase::Failed
+                    )
+                })
+        }) {
+            tracing::info!(
+                namespace,
+                name = same.name_any(),
+                "the same patch is already proposed"
+            );
+            names.push(same.name_any());
+            continue;
+        }
         match api.create(&PostParams::default(), &part).await {
             Ok(_) => tracing::info!(
                 namespace,

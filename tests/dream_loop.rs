@@ -15,6 +15,7 @@ use common::{eventually, ControlPlane};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::Resource;
 use reverie::api::{DreamSchedule, MemoryPatch, MemoryStore, PatchPhase};
 use reverie::controller::{self, Context, ControllerConfig};
 
@@ -116,6 +117,60 @@ fn condition_reason(
         .iter()
         .find(|c| c.type_ == type_ && c.status == "True")
         .map(|c| c.reason.clone())
+}
+
+/// `kind/name@resourceVersion` of every object the controller writes in
+/// `ns` (its resources, their children, the worker identity, events).
+async fn versions(cp: &ControlPlane, ns: &str) -> Vec<String> {
+    async fn of<K>(c: &kube::Client, ns: &str, kind: &str, out: &mut Vec<String>)
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let list = Api::<K>::namespaced(c.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .expect("list");
+        for o in list {
+            let m = o.meta();
+            out.push(format!(
+                "{kind}/{}@{}",
+                m.name.clone().unwrap_or_default(),
+                m.resource_version.clone().unwrap_or_default()
+            ));
+        }
+    }
+    let c = cp.client();
+    let mut v = Vec::new();
+    of::<MemoryStore>(&c, ns, "memorystore", &mut v).await;
+    of::<DreamSchedule>(&c, ns, "dreamschedule", &mut v).await;
+    of::<MemoryPatch>(&c, ns, "memorypatch", &mut v).await;
+    of::<CronJob>(&c, ns, "cronjob", &mut v).await;
+    of::<Job>(&c, ns, "job", &mut v).await;
+    of::<PersistentVolumeClaim>(&c, ns, "pvc", &mut v).await;
+    of::<ServiceAccount>(&c, ns, "serviceaccount", &mut v).await;
+    of::<k8s_openapi::api::rbac::v1::Role>(&c, ns, "role", &mut v).await;
+    of::<k8s_openapi::api::rbac::v1::RoleBinding>(&c, ns, "rolebinding", &mut v).await;
+    of::<k8s_openapi::api::events::v1::Event>(&c, ns, "event", &mut v).await;
+    v.sort();
+    v
+}
+
+/// Asserts that nothing the controller writes changes during `idle`.
+async fn assert_quiet(cp: &ControlPlane, ns: &str, idle: Duration) {
+    // Let the last reconciles of whatever just happened settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = versions(cp, ns).await;
+    tokio::time::sleep(idle).await;
+    let after = versions(cp, ns).await;
+    let changed: Vec<&String> = after.iter().filter(|v| !before.contains(v)).collect();
+    assert!(
+        changed.is_empty(),
+        "the controller wrote while idle ({} objects watched): {changed:?}",
+        before.len()
+    );
 }
 
 fn entry_id(text: &str) -> String {
@@ -371,43 +426,7 @@ async fn schedules_own_their_cron_job_and_stall_on_bad_input() {
     assert!(jobs.items.is_empty(), "{:?}", jobs.items);
 
     // Quiet when idle: no reverie object or child changes while nothing happens.
-    let snapshot = || async {
-        let c = cp.client();
-        let mut v = Vec::new();
-        for s in Api::<DreamSchedule>::namespaced(c.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-        {
-            v.push(format!("ds/{:?}", s.metadata.resource_version));
-        }
-        for s in Api::<MemoryStore>::namespaced(c.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-        {
-            v.push(format!("ms/{:?}", s.metadata.resource_version));
-        }
-        for s in Api::<CronJob>::namespaced(c.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-        {
-            v.push(format!("cj/{:?}", s.metadata.resource_version));
-        }
-        for s in Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-        {
-            v.push(format!("pvc/{:?}", s.metadata.resource_version));
-        }
-        v
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = snapshot().await;
-    tokio::time::sleep(Duration::from_secs(35)).await;
-    assert_eq!(before, snapshot().await, "the controller wrote while idle");
+    assert_quiet(cp, &ns, Duration::from_secs(35)).await;
 
     // Deleting the schedule removes its CronJob (garbage collection).
     schedules
@@ -587,6 +606,7 @@ async fn dream_now_proposes_a_patch_that_an_approver_applies() {
             .ok_or(format!("{st:?}"))
     })
     .await;
+    assert_quiet(cp, &ns, Duration::from_secs(30)).await;
     let journal = cp.kubectl_ok(&[
         "get",
         "memorystore",

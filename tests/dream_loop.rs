@@ -15,7 +15,6 @@ use common::{eventually, ControlPlane};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::Resource;
 use reverie::api::{DreamSchedule, MemoryPatch, MemoryStore, PatchPhase};
 use reverie::controller::{self, Context, ControllerConfig};
 

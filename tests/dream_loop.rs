@@ -277,6 +277,25 @@ async fn approved_patch_is_applied_by_a_job() {
     let status = p.status.expect("status");
     assert_eq!(status.applied_revision, Some(1), "{status:?}");
 
+    // Every phase change is an Event on the patch.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(cp.client(), &ns);
+    eventually("events of p1", WAIT, || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("p1"))
+            .filter_map(|e| e.reason)
+            .collect();
+        ["Pending", "Applying", "Applied"]
+            .iter()
+            .all(|r| reasons.iter().any(|x| x == r))
+            .then_some(())
+            .ok_or(format!("{reasons:?}"))
+    })
+    .await;
     let lessons = std::fs::read_to_string(dir.join("memories/lessons.md")).expect("lessons");
     assert!(lessons.contains("Drain the node before the kernel upgrade (p1)."));
     let notes = std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes");

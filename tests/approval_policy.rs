@@ -59,18 +59,25 @@ async fn only_approvers_may_approve_once_and_as_themselves() {
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-approves}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reverie-approver}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: patch-editor}\nrules:\n- {apiGroups: [reverie.dev], resources: [memorypatches], verbs: [get, list, patch, update, create]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]\n",
     );
     cp.apply_yaml(&ns, &patch_manifest("p1", "team-memory"));
-    cp.apply_yaml(&ns, &patch_manifest("probe", "team-memory"));
 
-    // A new policy binding takes a moment to be enforced: wait until bob is refused.
+    // A new policy binding takes a moment to be enforced: wait until bob is
+    // refused. Each try uses a fresh probe patch, since a try that lands
+    // before enforcement decides its probe for good.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
     common::eventually(
         "the approval policy to be enforced",
         Duration::from_secs(30),
         || {
+            let probe = format!(
+                "probe-{}",
+                tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            );
+            cp.apply_yaml(&ns, &patch_manifest(&probe, "team-memory"));
             let o = annotate_as(
                 cp,
                 "bob",
                 &ns,
-                "probe",
+                &probe,
                 &[
                     "reverie.dev/approval=approved",
                     "reverie.dev/approved-by=bob",

@@ -373,8 +373,15 @@ async fn auto_mode_approves_only_listed_op_kinds() {
     );
     cp.apply_yaml(&ns, &patch_yaml("adds", Some("auto"), false));
     cp.apply_yaml(&ns, &patch_yaml("deletes", Some("auto"), true));
+    // Creation times have a resolution of one second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cp.apply_yaml(&ns, &patch_yaml("adds-later", Some("auto"), false));
 
+    // Both approved at once; applied one at a time, in creation order.
+    let later = wait_phase(cp, &ns, "adds-later", PatchPhase::Applied).await;
+    assert_eq!(later.status.and_then(|s| s.applied_revision), Some(2));
     let p = wait_phase(cp, &ns, "adds", PatchPhase::Applied).await;
+    assert_eq!(p.status.as_ref().and_then(|s| s.applied_revision), Some(1));
     let ann = p.metadata.annotations.unwrap_or_default();
     assert_eq!(
         ann.get("reverie.dev/approval").map(String::as_str),

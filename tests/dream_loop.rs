@@ -561,6 +561,27 @@ async fn dream_now_proposes_a_patch_that_an_approver_applies() {
     cp.install_crds().await;
     install_policy(cp);
     let ns = cp.create_namespace("loop-dream").await;
+    // Every pod the operator starts must pass the restricted Pod Security level.
+    cp.kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let refused = cp.kubectl(&[
+        "run",
+        "-n",
+        &ns,
+        "probe",
+        "--image=busybox",
+        "--restart=Never",
+        "--dry-run=server",
+    ]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("restricted"),
+        "the restricted level is not enforced here: {}",
+        text(&refused)
+    );
     grant_users(cp, &ns);
     start_controller(cp, &ns);
     let dir = seeded_store(cp, &ns).await;

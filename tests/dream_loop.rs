@@ -405,6 +405,7 @@ async fn auto_mode_approves_only_listed_op_kinds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schedules_own_their_cron_job_and_stall_on_bad_input() {
     let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
     cp.install_crds().await;
     let ns = cp.create_namespace("loop-sched").await;
     start_controller(cp, &ns);
@@ -426,6 +427,27 @@ async fn schedules_own_their_cron_job_and_stall_on_bad_input() {
     assert_eq!(cron.spec.concurrency_policy.as_deref(), Some("Forbid"));
 
     let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), &ns);
+
+    // A dream that fails (an empty volume is not a store) is reported on the
+    // schedule, which stays Ready: the next run may succeed.
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: empty}\nspec: {deletionPolicy: Delete}\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata:\n  name: empty\n  annotations: {reverie.dev/dream-now: first}\nspec:\n  storeRef: {name: empty}\n  schedule: \"@daily\"\n",
+    );
+    let failed = eventually("schedule empty reports the failed dream", WAIT, || async {
+        let s = schedules.get("empty").await.map_err(|e| e.to_string())?;
+        let conds = s.status.as_ref().map(|s| s.conditions.as_slice());
+        conds
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.type_ == "Ready" && c.reason == "LastDreamFailed")
+            })
+            .map(|c| c.message.clone())
+            .ok_or(format!("{:?}", s.status))
+    })
+    .await;
+    assert!(failed.contains("memories"), "{failed}");
+
     for (name, reason) in [("bad-cron", "InvalidSchedule"), ("orphan", "StoreNotFound")] {
         eventually(&format!("{name} Stalled/{reason}"), WAIT, || async {
             let s = schedules.get(name).await.map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -150,46 +151,87 @@ pub fn new_dream_now_token(schedule: &DreamSchedule) -> Option<String> {
     (!token.is_empty() && last != Some(token.as_str())).then_some(token)
 }
 
-/// The last finished, successful dream of a schedule: when, and its result.
-async fn last_dream(
-    ctx: &Context,
-    ns: &str,
-    schedule: &str,
-) -> Result<Option<(Job, DreamResult)>, Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let mut done: Vec<Job> = jobs
-        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={schedule}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|j| job_state(j) == JobState::Succeeded)
-        .collect();
-    done.sort_by(|a, b| {
-        let key = |j: &Job| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.completion_time.as_ref())
-                .map(|t| t.0)
-        };
+/// When a Job finished: its completion time, or when it was marked failed.
+pub fn finished_at(job: &Job) -> Option<Time> {
+    let status = job.status.as_ref()?;
+    status.completion_time.clone().or_else(|| {
+        status
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .and_then(|c| c.last_transition_time.clone())
+    })
+}
+
+/// Finished jobs, newest first (ties by name, so the order is stable).
+pub fn newest_first(mut jobs: Vec<Job>) -> Vec<Job> {
+    jobs.retain(|j| job_state(j) != JobState::Running);
+    jobs.sort_by(|a, b| {
+        let key = |j: &Job| finished_at(j).map(|t| t.0);
         key(b)
             .cmp(&key(a))
             .then_with(|| b.name_any().cmp(&a.name_any()))
     });
-    for job in done {
-        let list = pods
+    jobs
+}
+
+/// What the schedule's dream jobs say: the last successful dream and its
+/// result, and the newest job when it failed (name, message).
+struct Dreams {
+    last_success: Option<(Job, DreamResult)>,
+    newest_failure: Option<(String, String)>,
+}
+
+async fn dreams(ctx: &Context, ns: &str, schedule: &str) -> Result<Dreams, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let finished = newest_first(
+        jobs.list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={schedule}")))
+            .await?
+            .items,
+    );
+    let mut out = Dreams {
+        last_success: None,
+        newest_failure: None,
+    };
+    for (i, job) in finished.into_iter().enumerate() {
+        let terms: Vec<_> = pods
             .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
-            .await?;
-        if let Some(result) = list
+            .await?
             .items
             .iter()
             .filter_map(pod_termination)
+            .collect();
+        if job_state(&job) == JobState::Failed {
+            if i == 0 {
+                let message = terms
+                    .iter()
+                    .map(|t| t.message.trim().to_string())
+                    .find(|m| !m.is_empty())
+                    .unwrap_or_else(|| "no message from the dream pod".to_string());
+                out.newest_failure = Some((job.name_any(), message));
+            }
+            continue;
+        }
+        if let Some(result) = terms
+            .iter()
             .find_map(|t| parse_result::<DreamResult>(&t.message))
         {
-            return Ok(Some((job, result)));
+            out.last_success = Some((job, result));
+            break;
         }
     }
-    Ok(None)
+    Ok(out)
+}
+
+/// The tail of a message, at most `max` bytes, cut on a character boundary.
+fn tail(message: &str, max: usize) -> &str {
+    let mut start = message.len().saturating_sub(max);
+    while !message.is_char_boundary(start) {
+        start += 1;
+    }
+    &message[start..]
 }
 
 async fn reconcile(schedule: Arc<DreamSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -240,14 +282,23 @@ async fn reconcile(schedule: Arc<DreamSchedule>, ctx: Arc<Context>) -> Result<Ac
                         .and_then(|c| c.status)
                         .and_then(|s| s.last_schedule_time)
                         .or(status.last_schedule_time);
-                    if let Some((job, result)) = last_dream(&ctx, &ns, &name).await? {
+                    let dreams = dreams(&ctx, &ns, &name).await?;
+                    if let Some((job, result)) = dreams.last_success {
                         status.last_dream = job
                             .status
                             .and_then(|s| s.completion_time)
                             .or(status.last_dream);
                         status.last_patch = result.patches.last().cloned().or(status.last_patch);
                     }
-                    if schedule.spec.suspend {
+                    if let Some((job, message)) = dreams.newest_failure {
+                        // The schedule itself is sound (the next run may
+                        // succeed), so Ready stays True; the reason and an
+                        // event say what the last dream hit.
+                        Health::ready(
+                            "LastDreamFailed",
+                            format!("the last dream, Job {job}, failed: {}", tail(&message, 512)),
+                        )
+                    } else if schedule.spec.suspend {
                         Health::ready("Suspended", "the schedule is suspended; dream-now still works")
                     } else {
                         Health::ready("Scheduled", format!("CronJob {} runs {:?}", cron_job_name(&name), schedule.spec.schedule))
@@ -274,7 +325,7 @@ async fn reconcile(schedule: Arc<DreamSchedule>, ctx: Arc<Context>) -> Result<Ac
     write_status(&api, &schedule, schedule.status.as_ref(), &status).await?;
     if changed {
         let (warning, reason, msg) = match &health {
-            Health::Ready { reason, message } => (false, reason, message),
+            Health::Ready { reason, message } => (reason == "LastDreamFailed", reason, message),
             Health::Reconciling { reason, message } | Health::Stalled { reason, message } => {
                 (true, reason, message)
             }
@@ -429,6 +480,31 @@ mod tests {
         assert!(validate_cron("@sometimes").is_err());
         assert!(validate_cron("TZ=UTC 0 3 * * *").is_err());
         assert!(validate_cron("a b c d e").is_err());
+    }
+
+    fn job(name: &str, state: &str, at: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": match state {
+                "Complete" => serde_json::json!({"completionTime": at, "conditions": [{"type": "Complete", "status": "True"}]}),
+                "Failed" => serde_json::json!({"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": at}]}),
+                _ => serde_json::json!({}),
+            }
+        }))
+        .expect("job")
+    }
+
+    #[test]
+    fn finished_jobs_newest_first() {
+        let order = newest_first(vec![
+            job("a", "Complete", "2026-11-30T10:00:00Z"),
+            job("running", "", ""),
+            job("b", "Failed", "2026-11-30T11:00:00Z"),
+            job("c", "Complete", "2026-11-30T09:00:00Z"),
+        ]);
+        let names: Vec<String> = order.iter().map(|j| j.name_any()).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+        assert_eq!(tail("héllo", 4), "llo");
     }
 
     #[test]

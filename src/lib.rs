@@ -8,3 +8,4 @@ pub mod controller;
 pub mod dream;
 pub mod memory;
 pub mod pathmap;
+pub mod runtime;

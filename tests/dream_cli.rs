@@ -71,12 +71,32 @@ fn proposes_a_merge_with_evidence_and_reports_bad_lines() {
     let name = v["metadata"]["name"].as_str().unwrap();
     assert!(name.starts_with("team-memory-20261130-1200-"), "{name}");
     let ops = v["spec"]["ops"].as_sequence().unwrap();
-    assert_eq!(ops.len(), 1, "{yaml}");
-    assert_eq!(ops[0]["op"].as_str(), Some("merge"));
-    assert_eq!(ops[0]["path"].as_str(), Some("prefs.md"));
-    let ids = ops[0]["ids"].as_sequence().unwrap();
+    // The two UTC entries are one merge; the 8080/8081 pair is never merged
+    // (a hard negative), but it is a contradiction: the later file wins.
+    assert_eq!(ops.len(), 2, "{yaml}");
+    let merges: Vec<_> = ops
+        .iter()
+        .filter(|o| o["op"].as_str() == Some("merge"))
+        .collect();
+    assert_eq!(merges.len(), 1, "{yaml}");
+    let merge = merges[0];
+    assert_eq!(merge["path"].as_str(), Some("prefs.md"));
+    assert!(
+        !merge["before"].as_str().unwrap().contains("8080"),
+        "{yaml}"
+    );
+    let contradiction = ops
+        .iter()
+        .find(|o| o["reason"].as_str() == Some("contradiction"))
+        .expect("a contradiction op");
+    assert_eq!(contradiction["op"].as_str(), Some("delete"));
+    assert_eq!(
+        contradiction["before"].as_str(),
+        Some("The API listens on port 8080.")
+    );
+    let ids = merge["ids"].as_sequence().unwrap();
     assert!(ids[1].as_str().unwrap().starts_with("team/notes.md#"));
-    let ev = ops[0]["evidence"].as_sequence().unwrap();
+    let ev = merge["evidence"].as_sequence().unwrap();
     assert!(ev
         .iter()
         .any(|e| e["session"].as_str() == Some("s-001") && e["line"].as_u64() == Some(1)));
@@ -168,4 +188,115 @@ fn errors_name_the_problem() {
     let out = dream(d.path(), &["--since", "yesterday"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+}
+
+/// Copies `examples/store` (memories and sessions) into a temp dir.
+fn example_store() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store");
+    for sub in ["memories", "sessions"] {
+        std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.path().join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    d
+}
+
+fn reasons(yaml: &str) -> std::collections::BTreeSet<String> {
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    v["spec"]["ops"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|o| o["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_example_store_shows_every_kind_of_finding() {
+    let d = example_store();
+    let out = dream(d.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let got = reasons(&yaml);
+    for want in [
+        "duplicate",
+        "contradiction",
+        "stale",
+        "recurring-error",
+        "working-method",
+        "shared-preference",
+    ] {
+        assert!(
+            got.contains(want),
+            "no {want} op on examples/store:\n{yaml}"
+        );
+    }
+    // With a size budget, the same store also gets budget ops.
+    let out = dream(d.path(), &["--max-entry-bytes", "100"]);
+    assert!(out.status.success());
+    assert!(reasons(&String::from_utf8(out.stdout).unwrap()).contains("budget"));
+}
+
+/// The README's second block, command by command, on a copy of the examples.
+#[test]
+fn the_readme_walkthrough_works_and_rolls_back_to_the_original_bytes() {
+    let d = example_store();
+    let store = d.path();
+    let snapshot = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("memories"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let original = snapshot(store);
+    let patch = store.join("patch.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_reverie"))
+            .args(args)
+            .env("REVERIE_NOW", NOW)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "reverie {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s = store.to_str().unwrap();
+    let p = patch.to_str().unwrap();
+    run(&["dream", "--store", s, "--out", p]);
+    let diff = run(&["memory", "diff", "--store", s, p]);
+    assert!(
+        diff.contains("--- a/memories/") && diff.contains("+++ b/memories/"),
+        "{diff}"
+    );
+    run(&["memory", "apply", "--store", s, p]);
+    assert_ne!(snapshot(store), original, "apply changed nothing");
+    let log = run(&["memory", "log", "--store", s]);
+    assert!(log.contains('1'), "{log}");
+    run(&["memory", "rollback", "--store", s, "--to", "0"]);
+    assert_eq!(
+        snapshot(store),
+        original,
+        "rollback to 0 did not restore the files"
+    );
+    // Sessions are never touched.
+    let sessions = std::fs::read_dir(store.join("sessions")).unwrap().count();
+    assert_eq!(sessions, 22);
 }

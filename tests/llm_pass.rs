@@ -402,3 +402,79 @@ async fn overloaded_without_retry_after_backs_off_then_succeeds() {
     // Our own backoff applies when the server gives no retry-after.
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));
 }
+
+/// Runs `reverie dream` on a copy of `examples/store` with the LLM pass
+/// pointed at `base`; returns (exit ok, stdout, stderr).
+fn dream_with_llm(base: &str, key: Option<&str>) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store");
+    for sub in ["memories", "sessions"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        for e in std::fs::read_dir(src.join(sub)).expect("read examples") {
+            let e = e.expect("entry");
+            std::fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).expect("copy");
+        }
+    }
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reverie"));
+    cmd.args(["dream", "--store"])
+        .arg(dir.path())
+        .args([
+            "--llm-provider",
+            "anthropic",
+            "--llm-model",
+            "m",
+            "--llm-base-url",
+            base,
+        ])
+        .args(["--llm-api-key-env", "REVERIE_TEST_LLM_KEY"])
+        .env("REVERIE_NOW", "2026-11-30T12:00:00Z")
+        .env_remove("REVERIE_TEST_LLM_KEY");
+    if let Some(k) = key {
+        cmd.env("REVERIE_TEST_LLM_KEY", k);
+    }
+    let out = cmd.output().expect("run reverie dream");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dream_command_uses_the_models_ops_and_falls_back_when_it_fails() {
+    // The model keeps one add with evidence and invents one without: the
+    // patch holds exactly the first.
+    let ops = serde_json::json!({"ops": [
+        {"op": "add", "path": "lessons.md", "section": "Deploys",
+         "content": "Check the readiness probe path before blaming the rollout.",
+         "reason": "recurring-error", "evidence": [{"session": "s-017", "line": 1}]},
+        {"op": "add", "path": "lessons.md", "content": "Invented without evidence.", "reason": "instruction"}
+    ]});
+    let (base, state) = start(vec![anthropic_ok(ops.to_string())]).await;
+    let (ok, stdout, stderr) =
+        tokio::task::spawn_blocking(move || dream_with_llm(&base, Some("sk-test-cli-key")))
+            .await
+            .expect("join");
+    assert!(ok, "dream failed: {stderr}");
+    assert!(
+        stdout.contains("Check the readiness probe path"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("Invented without evidence"), "{stdout}");
+    assert!(
+        stderr.contains("LLM pass: 2 ops proposed, 1 kept"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-test-cli-key") && !stdout.contains("sk-test-cli-key"));
+    assert_eq!(state.lock().expect("state").seen.len(), 1);
+
+    // No key: a warning, and the deterministic ops stand (exit 0).
+    let (base, _state) = start(vec![anthropic_ok(ops.to_string())]).await;
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || dream_with_llm(&base, None))
+        .await
+        .expect("join");
+    assert!(ok, "dream failed without a key: {stderr}");
+    assert!(stderr.contains("keeping the deterministic ops"), "{stderr}");
+    assert!(stdout.contains("reason: shared-preference"), "{stdout}");
+    assert!(!stdout.contains("Check the readiness probe path"));
+}

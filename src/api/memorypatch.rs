@@ -129,7 +129,7 @@ pub struct PatchOp {
     pub ids: Option<Vec<String>>,
     /// The new entry text (`add`, `update`, `merge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16384))]
+    #[schemars(length(min = 1, max = 65536))]
     pub content: Option<String>,
     /// The destination file of a `move`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

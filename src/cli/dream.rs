@@ -71,8 +71,9 @@ pub struct DreamArgs {
     /// to this file (the pod's termination log, which the operator reads).
     #[arg(long, value_name = "FILE")]
     pub termination_log: Option<PathBuf>,
-    // The optional LLM pass adds its flags here:
-    // `#[command(flatten)] pub llm: crate::dream::llm::LlmArgs,`
+    /// The optional LLM pass (off unless `--llm-provider` is given).
+    #[command(flatten)]
+    pub llm: crate::dream::llm::LlmArgs,
 }
 
 /// "Now": `REVERIE_NOW` when set (must be RFC 3339), else the clock.
@@ -183,14 +184,41 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
     let base = emit::base_revision(&args.store)?;
     let (ops, dropped) = emit::analyse_with_report(&corpus, &opts);
 
-    // ---- optional LLM pass -------------------------------------------
-    // When `--llm-*` flags are given (see `dream::llm::LlmArgs`, flattened
-    // into `DreamArgs`), call
-    //   `dream::llm::refine(&corpus, ops, &opts, &args.llm).await`
-    // on a tokio runtime here. On error, warn and keep the deterministic
-    // `ops`; on success, re-check its ops with `emit::Resolver` and add its
-    // dropped ones to `dropped`.
-    // -------------------------------------------------------------------
+    // The optional LLM pass: the model returns the complete list of ops it
+    // proposes; they are validated again against the store and each other.
+    // If the endpoint cannot be used the deterministic ops stand.
+    let (ops, dropped, llm_report) = if args.llm.enabled() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime for the LLM pass")?;
+        match runtime.block_on(crate::dream::llm::refine(
+            &corpus,
+            ops.clone(),
+            &opts,
+            &args.llm,
+        )) {
+            Ok((refined, report)) => {
+                let mut resolver = emit::Resolver::new(&corpus);
+                let mut kept = Vec::with_capacity(refined.len());
+                let mut dropped = dropped;
+                for op in refined {
+                    match resolver.accept(op) {
+                        Ok(op) => kept.push(op),
+                        Err(d) => dropped.push(*d),
+                    }
+                }
+                (kept, dropped, Some(report))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the LLM pass failed; keeping the deterministic ops");
+                eprintln!("warning: {e}; keeping the deterministic ops");
+                (ops, dropped, None)
+            }
+        }
+    } else {
+        (ops, dropped, None)
+    };
 
     let files: std::collections::BTreeSet<&str> =
         corpus.memories.iter().map(|m| m.path.as_str()).collect();
@@ -221,6 +249,19 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
         }
     }
     let mut summary = emit::summary_table(&report, &patch.spec.ops);
+    if let Some(r) = &llm_report {
+        summary.push_str(&format!(
+            "LLM pass: {} ops proposed, {} kept, {} dropped; {} input / {} output tokens\n",
+            r.proposed,
+            r.kept,
+            r.dropped.len(),
+            r.input_tokens,
+            r.output_tokens
+        ));
+        for (op, why) in r.dropped.iter().take(20) {
+            summary.push_str(&format!("  dropped {op}: {why}\n"));
+        }
+    }
     if let Some(path) = &args.out {
         summary.push_str(&format!(
             "wrote {} ({})\n",

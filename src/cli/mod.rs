@@ -2,10 +2,12 @@
 //!
 //! `anyhow` lives here, at the edge; the library below returns typed errors.
 
+pub mod agent;
 pub mod controller;
 pub mod crdgen;
 pub mod dream;
 pub mod memory;
+pub mod plugin;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -23,12 +25,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Read a store's memories and sessions and propose a MemoryPatch.
-    Dream(dream::DreamArgs),
+    Dream(Box<dream::DreamArgs>),
     /// Apply, preview, list and roll back changes to a store.
     #[command(subcommand)]
     Memory(memory::MemoryCommand),
+    /// Run an AgentSession (the agent runtime in a session's pod).
+    Agent(agent::AgentArgs),
     /// Print every CustomResourceDefinition (the content of `crds/`).
     Crdgen(crdgen::CrdgenArgs),
+    /// The kubectl plugin (`kubectl reverie …`) for users who do not link
+    /// the binary as `kubectl-reverie`.
+    Plugin(plugin::PluginArgs),
     /// Run the operator: reconcile stores, schedules and patches.
     Controller(controller::ControllerArgs),
 }
@@ -63,9 +70,11 @@ impl Exit {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Dream(a) => dream::run(a),
+        Command::Dream(a) => dream::run(*a),
         Command::Memory(c) => memory::run(c),
         Command::Crdgen(a) => crdgen::run(a),
+        Command::Agent(a) => agent::run(a),
+        Command::Plugin(a) => plugin::run(a),
         Command::Controller(a) => controller::run(a),
     }
 }

@@ -2,6 +2,9 @@
 //! each), sharing a [`Context`]. The controller never writes `spec`; it
 //! writes `status` by server-side apply under [`FIELD_MANAGER`].
 
+pub mod agent;
+pub mod agentsession;
+pub mod agentteam;
 pub mod context;
 pub mod status;
 
@@ -49,13 +52,33 @@ impl Error {
 /// the API is gone for good) or the process is signalled.
 pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {
     // Each kind's module adds its `run(ctx)` future here.
-    use futures::FutureExt;
-    let controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![
-        // The dream loop.
-        memorystore::run(ctx.clone()).boxed(),
-        dreamschedule::run(ctx.clone()).boxed(),
-        memorypatch::run(ctx.clone()).boxed(),
-    ];
+    let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![];
+    controllers.extend(agents_controllers(ctx.clone()));
+    controllers.extend(dream_loop_controllers(ctx.clone()));
     futures::future::join_all(controllers).await;
     Ok(())
+}
+
+/// The Agent, AgentTeam and AgentSession controllers, ready to be awaited.
+pub fn agents_controllers(
+    ctx: std::sync::Arc<Context>,
+) -> Vec<futures::future::BoxFuture<'static, ()>> {
+    vec![
+        Box::pin(agent::run(ctx.clone())),
+        Box::pin(agentteam::run(ctx.clone())),
+        Box::pin(agentsession::run(ctx)),
+    ]
+}
+
+/// The MemoryStore, DreamSchedule and MemoryPatch controllers (the dream
+/// loop), ready to be awaited.
+pub fn dream_loop_controllers(
+    ctx: std::sync::Arc<Context>,
+) -> Vec<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    vec![
+        memorystore::run(ctx.clone()).boxed(),
+        dreamschedule::run(ctx.clone()).boxed(),
+        memorypatch::run(ctx).boxed(),
+    ]
 }

@@ -307,6 +307,9 @@ pub fn dns_name(s: &str, max: usize) -> String {
     }
 }
 
+/// Evidence items an op may carry (the CRD's `maxItems`).
+pub const MAX_EVIDENCE: usize = 64;
+
 /// Builds the MemoryPatch: name `<store>-<yyyymmdd-hhmm>-<4 hex of the
 /// spec's hash>`, label `reverie.dev/store`, summary from the ops.
 pub fn build_patch(
@@ -316,6 +319,12 @@ pub fn build_patch(
     now: DateTime<Utc>,
 ) -> MemoryPatch {
     let store = dns_name(store_name, 63);
+    let mut ops = ops;
+    for op in &mut ops {
+        // The CRD admits 64 evidence items per op; the first ones (earliest
+        // sessions) are kept.
+        op.evidence.truncate(MAX_EVIDENCE);
+    }
     let spec = MemoryPatchSpec {
         store_ref: LocalRef {
             name: store.clone(),

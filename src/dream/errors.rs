@@ -690,7 +690,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         }
         ops.push(PatchOp {
             op: OpKind::Add,
-            path: LESSONS_PATH.to_string(),
+            path: corpus.file_like(LESSONS_PATH, &["lesson.md", "learnings.md"]),
             section: Some(section_for(occurrences[0].call)),
             id: None,
             ids: None,

@@ -828,7 +828,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             .collect();
         ops.push(PatchOp {
             op: OpKind::Add,
-            path: PROCEDURES_PATH.to_string(),
+            path: corpus.file_like(PROCEDURES_PATH, &["procedure.md", "howto.md", "methods.md"]),
             section: Some(section_for(seq)),
             id: None,
             ids: None,

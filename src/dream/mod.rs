@@ -47,6 +47,23 @@ pub struct Corpus {
     pub sessions: Vec<Session>,
 }
 
+impl Corpus {
+    /// The memory file an analysis should add to: `default` when it exists
+    /// or when none of `aliases` does, else the first alias that exists —
+    /// so a store that keeps preferences in `prefs.md` does not grow a
+    /// second `preferences.md`.
+    pub fn file_like(&self, default: &str, aliases: &[&str]) -> String {
+        let exists = |p: &str| self.memories.iter().any(|m| m.path == p);
+        if exists(default) {
+            return default.to_string();
+        }
+        aliases
+            .iter()
+            .find(|a| exists(a))
+            .map_or_else(|| default.to_string(), |a| a.to_string())
+    }
+}
+
 /// Knobs of a dream run (CLI flags map onto these).
 #[derive(Clone, Debug)]
 pub struct DreamOptions {

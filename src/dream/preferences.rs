@@ -462,7 +462,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             .collect();
         ops.push(PatchOp {
             op: OpKind::Add,
-            path: PREFERENCES_PATH.to_string(),
+            path: corpus.file_like(PREFERENCES_PATH, &["prefs.md", "preference.md"]),
             section: Some(SHARED_SECTION.to_string()),
             id: None,
             ids: None,

@@ -224,6 +224,33 @@ fn approve_as(cp: &ControlPlane, user: &str, ns: &str, patch: &str, verdict: &st
     )
 }
 
+/// Waits until the approval policy refuses bob in `ns` (a new policy takes a
+/// moment to be enforced). Each try uses a fresh probe patch of a store that
+/// does not exist, so a try that lands before enforcement changes nothing.
+async fn wait_policy_enforced(cp: &ControlPlane, ns: &str) {
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    eventually("the approval policy to be enforced", WAIT, || {
+        let probe = format!(
+            "probe-{}",
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        cp.apply_yaml(
+            ns,
+            &format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryPatch\nmetadata: {{name: {probe}}}\nspec:\n  storeRef: {{name: no-such-store}}\n  ops:\n  - {{op: add, path: probe.md, content: probe, reason: instruction}}\n"),
+        );
+        let o = approve_as(cp, "bob", ns, &probe, "approved");
+        let t = text(&o);
+        async move {
+            if !o.status.success() && t.contains("may not approve") {
+                Ok(())
+            } else {
+                Err(t)
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn approved_patch_is_applied_by_a_job() {
     let cp = ControlPlane::shared().await;
@@ -261,6 +288,7 @@ async fn approved_patch_is_applied_by_a_job() {
     .await;
 
     // bob may edit patches but not approve them.
+    wait_policy_enforced(cp, &ns).await;
     let out = approve_as(cp, "bob", &ns, "p1", "approved");
     assert!(!out.status.success(), "bob approved: {}", text(&out));
     assert!(text(&out).contains("may not approve"), "{}", text(&out));

@@ -181,4 +181,8 @@ pub struct DreamScheduleStatus {
     /// The MemoryPatch the last dream proposed, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_patch: Option<String>,
+    /// The last `reverie.dev/dream-now` token acted on (a new token starts
+    /// one more dream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dream_now: Option<String>,
 }

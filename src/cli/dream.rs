@@ -55,6 +55,22 @@ pub struct DreamArgs {
     /// Manifest format.
     #[arg(long, value_enum, default_value_t = PatchFormat::Yaml)]
     pub output: PatchFormat,
+    /// In a dream pod: create the MemoryPatch through the Kubernetes API
+    /// (in-cluster config or KUBECONFIG), owned by the MemoryStore
+    /// `--store-name` in `--namespace`; no object when there are no ops.
+    /// Without `--since`, reads sessions since the store's `status.lastDream`.
+    #[arg(long, requires_all = ["namespace", "store_name"])]
+    pub publish: bool,
+    /// The namespace of the MemoryStore (with `--publish`).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The DreamSchedule that runs this dream (labels the patch; with `--publish`).
+    #[arg(long, requires = "publish")]
+    pub schedule: Option<String>,
+    /// Write `{"patches":[…],"ops":N,"revision":N,"entries":N,"bytes":N}`
+    /// to this file (the pod's termination log, which the operator reads).
+    #[arg(long, value_name = "FILE")]
+    pub termination_log: Option<PathBuf>,
     /// The optional LLM pass (off unless `--llm-provider` is given).
     #[command(flatten)]
     pub llm: crate::dream::llm::LlmArgs,
@@ -140,11 +156,20 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
         );
     }
     let now = now()?;
-    let since = args
+    let mut since = args
         .since
         .as_deref()
         .map(|s| parse_since(s, now))
         .transpose()?;
+    let cluster = if args.publish {
+        let c = Cluster::connect(&args)?;
+        if since.is_none() {
+            since = c.last_dream()?;
+        }
+        Some(c)
+    } else {
+        None
+    };
     let opts = DreamOptions {
         since,
         instructions: args.instructions.clone(),
@@ -245,7 +270,104 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
         ));
     }
     eprint!("{summary}");
+    let published = match &cluster {
+        Some(c) => c.publish(patch.clone())?,
+        None => Vec::new(),
+    };
+    if let Some(path) = &args.termination_log {
+        let stats = crate::memory::Store::open(&args.store)
+            .and_then(|s| s.stats())
+            .with_context(|| format!("sizing the store {}", args.store.display()))?;
+        let result = crate::controller::publish::PublishResult {
+            patches: published,
+            ops: patch.spec.ops.len(),
+            revision: base,
+            entries: stats.entries as u64,
+            bytes: stats.bytes,
+        };
+        let real = crate::pathmap::translate(path);
+        std::fs::write(&real, serde_json::to_string(&result)?)
+            .with_context(|| format!("writing the termination log {}", real.display()))?;
+    }
     Ok(())
+}
+
+/// The API side of `--publish`: a client on its own small runtime (the
+/// dream itself is synchronous).
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    namespace: String,
+    store: String,
+    schedule: Option<String>,
+}
+
+impl Cluster {
+    fn connect(args: &DreamArgs) -> anyhow::Result<Cluster> {
+        let (Some(namespace), Some(store)) = (args.namespace.clone(), args.store_name.clone())
+        else {
+            bail!("--publish needs --namespace and --store-name");
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let client = rt
+            .block_on(kube::Client::try_default())
+            .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        Ok(Cluster {
+            rt,
+            client,
+            namespace,
+            store,
+            schedule: args.schedule.clone(),
+        })
+    }
+
+    /// The store's last dream (`sessions.since: LastDream`).
+    fn last_dream(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let t = self
+            .rt
+            .block_on(crate::controller::publish::last_dream(
+                &self.client,
+                &self.namespace,
+                &self.store,
+            ))
+            .with_context(|| {
+                format!(
+                    "reading MemoryStore {} in namespace {}",
+                    self.store, self.namespace
+                )
+            })?;
+        Ok(
+            t.and_then(|t| DateTime::parse_from_rfc3339(&t.0.to_string()).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        )
+    }
+
+    fn publish(&self, patch: crate::api::MemoryPatch) -> anyhow::Result<Vec<String>> {
+        let names = self
+            .rt
+            .block_on(crate::controller::publish::publish(
+                &self.client,
+                &self.namespace,
+                &self.store,
+                self.schedule.as_deref(),
+                patch,
+            ))
+            .with_context(|| {
+                format!(
+                    "publishing the MemoryPatch for store {} in namespace {}",
+                    self.store, self.namespace
+                )
+            })?;
+        if names.is_empty() {
+            eprintln!("nothing to change: no MemoryPatch created");
+        } else {
+            eprintln!("created MemoryPatch {}", names.join(", "));
+        }
+        Ok(names)
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,20 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub store: PathBuf,
     /// The MemoryPatch manifest (YAML or JSON; a whole object or its spec).
-    pub patch: PathBuf,
+    #[arg(
+        required_unless_present = "from_cluster",
+        conflicts_with = "from_cluster"
+    )]
+    pub patch: Option<PathBuf>,
+    /// Read the MemoryPatch `NAMESPACE/NAME` through the Kubernetes API
+    /// (in-cluster config or KUBECONFIG) instead of a file.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub from_cluster: Option<String>,
+    /// Also write the result as JSON to this file (the pod's termination
+    /// log, which the controller reads): the outcome, or
+    /// `{"error": …, "exitCode": …}`.
+    #[arg(long, value_name = "FILE")]
+    pub termination_log: Option<PathBuf>,
     /// How to print the result (`json` is what the controller reads).
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
@@ -101,8 +114,68 @@ fn load(path: &std::path::Path) -> anyhow::Result<crate::api::memorypatch::Memor
     })
 }
 
+/// Reads a MemoryPatch `NAMESPACE/NAME` through the API.
+fn fetch(reference: &str) -> anyhow::Result<crate::api::memorypatch::MemoryPatch> {
+    let Some((ns, name)) = reference
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+    else {
+        return Err(anyhow::Error::new(Exit::new(
+            2,
+            format!("--from-cluster {reference:?}: expected NAMESPACE/NAME"),
+        )));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let api: kube::Api<crate::api::memorypatch::MemoryPatch> =
+            kube::Api::namespaced(client, ns);
+        api.get(name)
+            .await
+            .with_context(|| format!("reading MemoryPatch {name} in namespace {ns}"))
+    })
+}
+
+/// Writes `value` as JSON to the termination log (through
+/// `REVERIE_PATH_MAP`, so it also works where pods are local processes).
+fn write_termination_log(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let real = crate::pathmap::translate(path);
+    std::fs::write(&real, value.to_string())
+        .with_context(|| format!("writing the termination log {}", real.display()))
+}
+
 fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
-    let patch = load(&a.patch)?;
+    let log = a.termination_log.clone();
+    let result = apply_and_print(a);
+    if let Some(path) = log {
+        let value = match &result {
+            Ok(out) => serde_json::to_value(out)?,
+            Err(e) => {
+                let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
+                serde_json::json!({"error": format!("{e:#}"), "exitCode": code})
+            }
+        };
+        write_termination_log(&path, &value)?;
+    }
+    result.map(|_| ())
+}
+
+fn apply_and_print(a: ApplyArgs) -> anyhow::Result<ApplyOutcome> {
+    let patch = match (&a.from_cluster, &a.patch) {
+        (Some(r), _) => fetch(r)?,
+        (None, Some(p)) => load(p)?,
+        (None, None) => {
+            return Err(anyhow::Error::new(Exit::new(
+                2,
+                "give a patch file or --from-cluster NAMESPACE/NAME",
+            )))
+        }
+    };
     let store = open(&a.store)?;
     let name = patch.metadata.name.clone().unwrap_or_default();
     let out = apply(&store, &patch).map_err(exit)?;
@@ -127,7 +200,8 @@ fn run_apply(a: ApplyArgs) -> anyhow::Result<()> {
                 out.bytes
             )
         }
-    })
+    })?;
+    Ok(out)
 }
 
 fn print_outcome(

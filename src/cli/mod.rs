@@ -3,6 +3,7 @@
 //! `anyhow` lives here, at the edge; the library below returns typed errors.
 
 pub mod agent;
+pub mod controller;
 pub mod crdgen;
 pub mod dream;
 pub mod memory;
@@ -35,6 +36,8 @@ pub enum Command {
     /// The kubectl plugin (`kubectl reverie …`) for users who do not link
     /// the binary as `kubectl-reverie`.
     Plugin(plugin::PluginArgs),
+    /// Run the operator: reconcile stores, schedules and patches.
+    Controller(controller::ControllerArgs),
 }
 
 /// Output format for commands that print data.
@@ -72,5 +75,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crdgen(a) => crdgen::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Plugin(a) => plugin::run(a),
+        Command::Controller(a) => controller::run(a),
     }
 }

@@ -8,6 +8,15 @@ pub mod agentteam;
 pub mod context;
 pub mod status;
 
+// The dream loop: stores, schedules, patches and the pods they start.
+pub mod dreamschedule;
+pub mod jobs;
+pub mod memorypatch;
+pub mod memorystore;
+pub mod publish;
+pub mod workers;
+pub mod writes;
+
 pub use context::{Context, ControllerConfig};
 
 /// The field manager of every write the controller makes.
@@ -45,6 +54,7 @@ pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {
     // Each kind's module adds its `run(ctx)` future here.
     let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![];
     controllers.extend(agents_controllers(ctx.clone()));
+    controllers.extend(dream_loop_controllers(ctx.clone()));
     futures::future::join_all(controllers).await;
     Ok(())
 }
@@ -57,5 +67,18 @@ pub fn agents_controllers(
         Box::pin(agent::run(ctx.clone())),
         Box::pin(agentteam::run(ctx.clone())),
         Box::pin(agentsession::run(ctx)),
+    ]
+}
+
+/// The MemoryStore, DreamSchedule and MemoryPatch controllers (the dream
+/// loop), ready to be awaited.
+pub fn dream_loop_controllers(
+    ctx: std::sync::Arc<Context>,
+) -> Vec<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    vec![
+        memorystore::run(ctx.clone()).boxed(),
+        dreamschedule::run(ctx.clone()).boxed(),
+        memorypatch::run(ctx).boxed(),
     ]
 }

@@ -2,19 +2,22 @@
 //! its rendered objects pass the apiserver's server-side dry run, its
 //! ClusterRole names no wildcard, and the dream loop works end to end with
 //! the controller authenticated as the chart's ServiceAccount (so a missing
-//! RBAC rule fails here).
+//! RBAC rule fails here); leader election hands the Lease over.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::node::TestNode;
 use common::{eventually, ControlPlane};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use reverie::api::{DreamSchedule, MemoryPatch, MemoryStore, PatchPhase};
+use reverie::controller::leader::{self, LeaseConfig};
 use reverie::controller::{self, Context, ControllerConfig};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -356,4 +359,110 @@ async fn dream_loop_runs_with_the_charts_service_account() {
             .ok_or(format!("{st:?}"))
     })
     .await;
+}
+
+/// Runs a candidate for `cfg` as `client`; `running` is set while it leads.
+fn candidate(
+    client: kube::Client,
+    cfg: LeaseConfig,
+    running: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let work = async {
+            running.store(true, Ordering::SeqCst);
+            futures::future::pending::<Result<(), reverie::controller::Error>>().await
+        };
+        if let Err(e) = leader::run_as_leader(&client, &cfg, work).await {
+            eprintln!("candidate {} stopped: {e}", cfg.identity);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_replica_leads_and_the_other_takes_over_when_it_goes() {
+    let cp = ControlPlane::shared().await;
+    let system = cp.create_namespace("chart-lease").await;
+    // As the chart's ServiceAccount, so the leader-election Role is tested too.
+    let yaml = render(
+        cp,
+        &system,
+        &system,
+        &[
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/controller-rbac.yaml",
+        ],
+    );
+    let path = write_temp(cp, &format!("{system}-rbac.yaml"), &yaml);
+    let out = cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=reverie-chart-test",
+        "-f",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "applying the chart's RBAC: {}",
+        text(&out)
+    );
+    let user = format!("system:serviceaccount:{system}:{system}-reverie");
+    let ns_group = format!("system:serviceaccounts:{system}");
+    let client = || {
+        cp.client_as(
+            &user,
+            &["system:serviceaccounts", &ns_group, "system:authenticated"],
+        )
+    };
+    let lease_duration = Duration::from_secs(3);
+    let cfg = |id: &str| LeaseConfig {
+        lease_duration,
+        renew_every: Duration::from_millis(500),
+        ..LeaseConfig::new("reverie-controller", &system, id)
+    };
+    let (a_runs, b_runs) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let a = candidate(client(), cfg("a"), a_runs.clone());
+    let b = candidate(client(), cfg("b"), b_runs.clone());
+    eventually("one candidate to lead", WAIT, || async {
+        (a_runs.load(Ordering::SeqCst) || b_runs.load(Ordering::SeqCst))
+            .then_some(())
+            .ok_or("none leads".to_string())
+    })
+    .await;
+    // Well past a lease duration, still exactly one leads.
+    tokio::time::sleep(lease_duration * 2).await;
+    let (a_leads, b_leads) = (a_runs.load(Ordering::SeqCst), b_runs.load(Ordering::SeqCst));
+    assert!(a_leads != b_leads, "a leads: {a_leads}, b leads: {b_leads}");
+    let (holder, standby, standby_runs) = if a_leads {
+        (a, b, b_runs)
+    } else {
+        (b, a, a_runs)
+    };
+    let leases: Api<Lease> = Api::namespaced(cp.client(), &system);
+    let held = leases.get("reverie-controller").await.expect("lease");
+    let holder_id = held.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder_id.as_deref(), Some(if a_leads { "a" } else { "b" }));
+
+    // The holder goes away without releasing: the other takes over once
+    // the lease has not been renewed for its duration.
+    holder.abort();
+    let gone = tokio::time::Instant::now();
+    eventually("the standby to take over", WAIT, || async {
+        standby_runs
+            .load(Ordering::SeqCst)
+            .then_some(())
+            .ok_or("standby still waiting".to_string())
+    })
+    .await;
+    let took = gone.elapsed();
+    assert!(
+        took <= lease_duration + Duration::from_secs(2),
+        "take-over took {took:?} for a {lease_duration:?} lease"
+    );
+    standby.abort();
 }

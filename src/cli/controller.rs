@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::controller::leader::{self, LeaseConfig};
 use crate::controller::{self, Context, ControllerConfig};
 
 /// `reverie controller`.
@@ -19,6 +20,19 @@ pub struct ControllerArgs {
     /// for the pods the operator starts.
     #[arg(long, default_value = "reverie-worker")]
     pub worker_service_account: String,
+    /// Run the controllers only while holding a Lease, so that of several
+    /// replicas exactly one reconciles; the process exits when it loses it.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// The Lease used for leader election.
+    #[arg(long, default_value = "reverie-controller")]
+    pub lease_name: String,
+    /// The namespace of the Lease (the pod's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
 }
 
 /// Runs the controllers until the process is stopped.
@@ -35,9 +49,33 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .await
             .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
         tracing::info!(image = config.image, namespace = ?config.namespace, "controller starting");
-        let ctx = Arc::new(Context { client, config });
+        let lease = if args.leader_elect {
+            let namespace = args.lease_namespace.context(
+                "--leader-elect needs --lease-namespace (or the POD_NAMESPACE environment variable)",
+            )?;
+            let identity = args
+                .lease_identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .context("--leader-elect needs --lease-identity (or POD_NAME or HOSTNAME)")?;
+            Some(LeaseConfig::new(&args.lease_name, &namespace, &identity))
+        } else {
+            None
+        };
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            config,
+        });
+        let work = async move {
+            match lease {
+                Some(cfg) => {
+                    tracing::info!(lease = cfg.name, namespace = cfg.namespace, identity = cfg.identity, "waiting for the lease");
+                    leader::run_as_leader(&client, &cfg, controller::run(ctx)).await
+                }
+                None => controller::run(ctx).await,
+            }
+        };
         tokio::select! {
-            r = controller::run(ctx) => r.context("controller stopped"),
+            r = work => r.context("controller stopped"),
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted; stopping");
                 Ok(())

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod agentsession;
 pub mod agentteam;
 pub mod context;
+pub mod leader;
 pub mod status;
 
 // The dream loop: stores, schedules, patches and the pods they start.

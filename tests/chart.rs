@@ -466,3 +466,72 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_goes() {
     );
     standby.abort();
 }
+
+fn reconciles(text: &str, controller: &str) -> u64 {
+    let prefix = format!("reverie_reconciles_total{{controller=\"{controller}\",outcome=\"ok\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_reconciles_and_health_endpoints_answer() {
+    let cp = ControlPlane::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("chart-metrics").await;
+    // A free loopback port for the endpoints.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let server = tokio::spawn(reverie::controller::metrics::serve(addr, cp.client()));
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        let http = http.clone();
+        async move {
+            let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            let body = r.text().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        }
+    };
+    let (_, before) = eventually("the metrics endpoint to answer", WAIT, || get("/metrics")).await;
+    let before = reconciles(&before, "memorystore");
+
+    let ctx = Arc::new(Context {
+        client: cp.client(),
+        config: ControllerConfig {
+            image: "reverie".to_string(),
+            worker_service_account: "reverie-worker".to_string(),
+            namespace: Some(ns.clone()),
+        },
+    });
+    let controller = tokio::spawn(async move { controller::run(ctx).await });
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n",
+    );
+    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
+    eventually("store team to be Ready", WAIT, || async {
+        let s = stores.get("team").await.map_err(|e| e.to_string())?;
+        ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
+            .then_some(())
+            .ok_or(format!("{:?}", s.status))
+    })
+    .await;
+    let (status, text) = get("/metrics").await.expect("scrape");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("# TYPE reverie_reconciles_total counter"),
+        "{text}"
+    );
+    assert!(
+        reconciles(&text, "memorystore") > before,
+        "memorystore reconciles did not grow from {before}:\n{text}"
+    );
+    assert_eq!(get("/healthz").await.expect("healthz").0, 200);
+    assert_eq!(get("/readyz").await.expect("readyz").0, 200);
+    controller.abort();
+    server.abort();
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::controller::leader::{self, LeaseConfig};
+use crate::controller::metrics;
 use crate::controller::{self, Context, ControllerConfig};
 
 /// `reverie controller`.
@@ -33,6 +34,9 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub lease_identity: Option<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `off` serves nothing.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
 }
 
 /// Runs the controllers until the process is stopped.
@@ -42,6 +46,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         image: args.image.unwrap_or(defaults.image),
         worker_service_account: args.worker_service_account,
         namespace: args.namespace,
+    };
+    let metrics_addr: Option<std::net::SocketAddr> = match args.metrics_addr.as_str() {
+        "off" => None,
+        a => Some(a.parse().with_context(|| {
+            format!("--metrics-addr {a:?} is not an address like 0.0.0.0:8080")
+        })?),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -61,6 +71,14 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        if let Some(addr) = metrics_addr {
+            let client = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, client).await {
+                    tracing::error!(error = %e, "metrics and health endpoints stopped");
+                }
+            });
+        }
         let ctx = Arc::new(Context {
             client: client.clone(),
             config,

@@ -218,6 +218,7 @@ pub async fn run(ctx: Arc<Context>) {
         .shutdown_on_signal()
         .run(reconcile, shared_error_policy, ctx)
         .for_each(|r| async move {
+            super::metrics::record_reconcile("agent", r.is_ok());
             if let Err(e) = r {
                 tracing::debug!("agent controller: {e}");
             }

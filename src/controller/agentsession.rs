@@ -646,6 +646,7 @@ pub async fn run(ctx: Arc<Context>) {
         sctx,
     )
     .for_each(|r| async move {
+        super::metrics::record_reconcile("agentsession", r.is_ok());
         if let Err(e) = r {
             tracing::debug!("agentsession controller: {e}");
         }

@@ -440,7 +440,10 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|r| {
+            super::metrics::record_reconcile("dreamschedule", r.is_ok());
+            futures::future::ready(())
+        })
         .await;
 }
 

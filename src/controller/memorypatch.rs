@@ -442,7 +442,10 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default().labels(super::jobs::PATCH_LABEL),
         )
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|r| {
+            super::metrics::record_reconcile("memorypatch", r.is_ok());
+            futures::future::ready(())
+        })
         .await;
 }
 

@@ -358,7 +358,10 @@ pub async fn run(ctx: Arc<Context>) {
                 .map(|ns| ObjectRef::new(&p.spec.store_ref.name).within(&ns))
         })
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|r| {
+            super::metrics::record_reconcile("memorystore", r.is_ok());
+            futures::future::ready(())
+        })
         .await;
 }
 

@@ -7,6 +7,7 @@ pub mod agentsession;
 pub mod agentteam;
 pub mod context;
 pub mod leader;
+pub mod metrics;
 pub mod status;
 
 // The dream loop: stores, schedules, patches and the pods they start.

@@ -23,5 +23,7 @@ RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin reve
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /reverie /usr/local/bin/reverie
 USER 65532:65532
+# /metrics, /healthz, /readyz (--metrics-addr).
+EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/reverie"]
 CMD ["controller"]

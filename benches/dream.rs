@@ -9,10 +9,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reverie::dream::{
-    budget, contradictions, duplicates, emit, errors, ingest, methods, preferences, stale,
-    DreamOptions,
-};
+use reverie::dream::{budget, duplicates, emit, ingest, DreamOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -304,16 +301,7 @@ fn child(dir: &Path) {
     if std::env::var_os("REVERIE_BENCH_BREAKDOWN").is_some() {
         // Each analysis on its own (as `emit::analyse` runs them, before
         // overlap resolution), to find the stages that do not scale.
-        type Analysis = fn(&reverie::dream::Corpus, &DreamOptions) -> Vec<reverie::api::PatchOp>;
-        let stages: [(&str, Analysis); 6] = [
-            ("stale", stale::find),
-            ("contradictions", contradictions::find),
-            ("duplicates", duplicates::find),
-            ("errors", errors::find),
-            ("methods", methods::find),
-            ("preferences", preferences::find),
-        ];
-        for (name, f) in stages {
+        for (name, f) in emit::STAGES {
             let t = Instant::now();
             let n = f(&corpus, &opts).len();
             println!("STAGE {name} {:.3} {n}", t.elapsed().as_secs_f64());

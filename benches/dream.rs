@@ -9,7 +9,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reverie::dream::{duplicates, emit, ingest, DreamOptions};
+use reverie::dream::{budget, duplicates, emit, ingest, DreamOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -79,10 +79,120 @@ fn entries(rng: &mut ChaCha8Rng, n: usize) -> Vec<String> {
             let i = rng.random_range(0..out.len());
             let p = paraphrase(rng, &out[i]);
             out.push(p);
+        } else if out.len() % 50 == 7 {
+            // Facts the sessions later change (contradictions) or retire
+            // (stale): one service per slot, so a session line names it.
+            let k = out.len() / 50;
+            out.push(if k.is_multiple_of(2) {
+                format!(
+                    "The {} API listens on port {}.",
+                    service(k),
+                    8000 + k % 1000
+                )
+            } else {
+                format!("Sessions of {} are cached in {}.", service(k), store(k))
+            });
         } else {
             out.push(fact(rng));
         }
     }
+    out
+}
+
+/// The name of the service of planted fact slot `k` (unique per slot).
+fn service(k: usize) -> String {
+    format!("svc{k}")
+}
+
+/// The cache of planted fact slot `k`.
+fn store(k: usize) -> String {
+    format!("cachestore{k}")
+}
+
+/// Programs of the repeated tool sequences and recurring errors: a small
+/// pool, so methods and errors recur across sessions as in a real team.
+const PROGRAMS: &[&str] = &[
+    "cargo",
+    "npm",
+    "make",
+    "kubectl",
+    "helm",
+    "terraform",
+    "go",
+    "pytest",
+];
+
+fn tool_use(id: &str, cmd: &str, text: Option<String>) -> serde_json::Value {
+    let mut content = Vec::new();
+    if let Some(t) = text {
+        content.push(serde_json::json!({"type": "text", "text": t}));
+    }
+    content.push(serde_json::json!({"type": "tool_use", "id": id, "name": "bash", "input": {"command": cmd}}));
+    serde_json::json!({"role": "assistant", "content": content})
+}
+
+fn tool_result(id: &str, out: &str, failed: bool) -> serde_json::Value {
+    serde_json::json!({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": id, "content": out, "is_error": failed}]})
+}
+
+/// The lines of session `s` (without session id, agent, ts): a user ask
+/// (1 in 10 states a preference, 1 in 5 quotes an entry), a repeated tool
+/// sequence of 3 steps from a pool of 64, 1 in 5 a recurring error fixed by
+/// a changed command, 1 in 8 a changed or removed planted fact, an
+/// assistant answer and the outcome.
+fn session_lines(rng: &mut ChaCha8Rng, texts: &[String], s: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let ask = match rng.random_range(0..10) {
+        0 => format!(
+            "Please always run {} check before you commit.",
+            PROGRAMS[rng.random_range(0..PROGRAMS.len())]
+        ),
+        1 | 2 => texts[rng.random_range(0..texts.len())].clone(),
+        _ => fact(rng),
+    };
+    out.push(serde_json::json!({"role": "user", "content": ask}));
+    let seq = rng.random_range(0..64usize);
+    let prog = PROGRAMS[seq % PROGRAMS.len()];
+    let target = format!("mod{}", seq / PROGRAMS.len());
+    let failed = rng.random_bool(0.2);
+    let steps = [
+        format!("{prog} fetch {target}"),
+        format!("{prog} build {target}"),
+        format!("{prog} test {target}"),
+    ];
+    for (k, cmd) in steps.iter().enumerate() {
+        let id = format!("tu_{k}");
+        let text = (k == 0).then(|| fact(rng));
+        out.push(tool_use(&id, cmd, text));
+        if k == 1 && failed {
+            let err =
+                format!("error: {prog} build {target} failed: lockfile {target}.lock is stale");
+            out.push(tool_result(&id, &err, true));
+            let fix = format!("{prog} build {target} --locked-refresh");
+            out.push(tool_use("tu_fix", &fix, None));
+            out.push(tool_result("tu_fix", "ok", false));
+        } else {
+            out.push(tool_result(&id, &fact(rng), false));
+        }
+    }
+    if s % 8 == 3 {
+        // Slots that exist in the entries: about one in 50 entries.
+        let slots = (texts.len() / 50).max(1);
+        let k = rng.random_range(0..slots);
+        let say = if k.is_multiple_of(2) {
+            format!(
+                "Done: we moved the {} API port to {} and restarted it.",
+                service(k),
+                9000 + k % 1000
+            )
+        } else {
+            format!("We removed {} from {}; it is gone.", store(k), service(k))
+        };
+        out.push(serde_json::json!({"role": "assistant", "content": say}));
+    }
+    out.push(serde_json::json!({"role": "assistant", "content": fact(rng)}));
+    out.push(serde_json::json!({"type": "outcome", "status": if failed {"failed"} else {"succeeded"}, "summary": fact(rng)}));
     out
 }
 
@@ -126,28 +236,16 @@ fn generate(dir: &Path, n_entries: usize, n_sessions: usize) -> std::io::Result<
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         };
         let agent = ["lead", "coder", "reviewer", "ops"][s % 4];
-        let ask = if rng.random_bool(0.2) {
-            texts[rng.random_range(0..texts.len())].clone()
-        } else {
-            fact(&mut rng)
-        };
-        let cmd = format!("{} {}", word(&mut rng), word(&mut rng));
-        let failed = rng.random_bool(0.2);
-        let result = if failed {
-            format!("error: {} not found", word(&mut rng))
-        } else {
-            fact(&mut rng)
-        };
-        let lines = [
-            serde_json::json!({"session": id, "agent": agent, "ts": ts(0), "role": "user", "content": ask}),
-            serde_json::json!({"session": id, "agent": agent, "ts": ts(5), "role": "assistant", "content": [
-                {"type": "text", "text": fact(&mut rng)},
-                {"type": "tool_use", "id": "tu_1", "name": "bash", "input": {"command": cmd}}]}),
-            serde_json::json!({"session": id, "agent": agent, "ts": ts(9), "role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "tu_1", "content": result, "is_error": failed}]}),
-            serde_json::json!({"session": id, "agent": agent, "ts": ts(15), "role": "assistant", "content": fact(&mut rng)}),
-            serde_json::json!({"session": id, "type": "outcome", "status": if failed {"failed"} else {"succeeded"}, "summary": fact(&mut rng)}),
-        ];
+        let mut lines = session_lines(&mut rng, &texts, s);
+        for (k, l) in lines.iter_mut().enumerate() {
+            if let Some(o) = l.as_object_mut() {
+                o.insert("session".into(), id.clone().into());
+                if o.get("type").is_none() {
+                    o.insert("agent".into(), agent.into());
+                    o.insert("ts".into(), ts(k as u64 * 5).into());
+                }
+            }
+        }
         let mut body = String::new();
         for l in lines {
             body.push_str(&l.to_string());
@@ -201,25 +299,16 @@ fn child(dir: &Path) {
     };
     let load = t0.elapsed().as_secs_f64();
     if std::env::var_os("REVERIE_BENCH_BREAKDOWN").is_some() {
-        use rayon::prelude::*;
+        // Each analysis on its own (as `emit::analyse` runs them, before
+        // overlap resolution), to find the stages that do not scale.
+        for (name, f) in emit::STAGES {
+            let t = Instant::now();
+            let n = f(&corpus, &opts).len();
+            println!("STAGE {name} {:.3} {n}", t.elapsed().as_secs_f64());
+        }
         let t = Instant::now();
-        let feats: Vec<duplicates::Features> = corpus
-            .memories
-            .par_iter()
-            .map(|m| duplicates::features(&m.entry.text))
-            .collect();
-        let tf = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let pairs = duplicates::near_duplicate_pairs(&feats, opts.duplicate_threshold);
-        let tl = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let found = duplicates::find(&corpus, &opts);
-        let td = t.elapsed().as_secs_f64();
-        eprintln!(
-            "breakdown: features {tf:.2}s, lsh {tl:.2}s ({} pairs), duplicates::find {td:.2}s ({} ops)",
-            pairs.len(),
-            found.len()
-        );
+        let n = budget::enforce(&corpus, &opts, &[]).len();
+        println!("STAGE budget {:.3} {n}", t.elapsed().as_secs_f64());
     }
     let t1 = Instant::now();
     let ops = emit::analyse(&corpus, &opts);
@@ -354,6 +443,22 @@ fn main() {
             num(6) / 1024.0,
             f[3]
         );
+        let stages: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("STAGE "))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!(
+                    "{} {}s ({} ops)",
+                    f[0],
+                    f.get(1).unwrap_or(&"?"),
+                    f.get(2).unwrap_or(&"?")
+                )
+            })
+            .collect();
+        if !stages.is_empty() {
+            println!("|  | stages: {} |", stages.join(", "));
+        }
         let _ = std::io::stdout().flush();
         rows.push((n_e, total, num(7)));
     }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod dream;
+pub mod llm_http;
 pub mod memory;
 pub mod pathmap;
 pub mod runtime;

@@ -64,18 +64,11 @@ pub fn enforce(corpus: &Corpus, opts: &DreamOptions, prior: &[PatchOp]) -> Vec<P
             let content = trim_to(&m.entry.text, max as usize);
             delta += content.len() as i64 - m.entry.text.len() as i64;
             protected.insert(m.key());
-            ops.push(PatchOp {
-                op: OpKind::Update,
-                path: m.path.clone(),
-                section: None,
-                id: Some(m.entry.id.clone()),
-                ids: None,
-                content: Some(content),
-                to: None,
-                before: Some(m.entry.text.clone()),
-                reason: Reason::Budget,
-                superseded_by: None,
-                evidence: vec![Evidence {
+            ops.push(m.op(
+                Some(content),
+                Reason::Budget,
+                None,
+                vec![Evidence {
                     entry: Some(m.key()),
                     quote: Some(format!(
                         "entry is {} bytes, over max-entry-bytes {max}",
@@ -83,7 +76,7 @@ pub fn enforce(corpus: &Corpus, opts: &DreamOptions, prior: &[PatchOp]) -> Vec<P
                     )),
                     ..Evidence::default()
                 }],
-            });
+            ));
         }
     }
     let Some(max) = opts.max_bytes else {
@@ -112,26 +105,20 @@ pub fn enforce(corpus: &Corpus, opts: &DreamOptions, prior: &[PatchOp]) -> Vec<P
             || "unknown".to_string(),
             |t| t.format("%Y-%m-%d").to_string(),
         );
-        ops.push(PatchOp {
-            op: OpKind::Delete,
-            path: m.path.clone(),
-            section: None,
-            id: Some(m.entry.id.clone()),
-            ids: None,
-            content: None,
-            to: None,
-            before: Some(m.entry.text.clone()),
-            reason: Reason::Budget,
-            superseded_by: None,
-            evidence: vec![Evidence {
+        let quote = format!(
+            "least used: {} hits and session mentions, last seen {last}; memory ~{start} bytes over max-bytes {max}",
+            usage[i]
+        );
+        ops.push(m.op(
+            None,
+            Reason::Budget,
+            None,
+            vec![Evidence {
                 entry: Some(m.key()),
-                quote: Some(format!(
-                    "least used: {} hits and session mentions, last seen {last}; memory ~{start} bytes over max-bytes {max}",
-                    usage[i]
-                )),
+                quote: Some(quote),
                 ..Evidence::default()
             }],
-        });
+        ));
     }
     if size > max as i64 {
         tracing::warn!(
@@ -292,22 +279,9 @@ pub fn trim_to(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::parse;
 
     fn corpus(files: &[(&str, &str)]) -> Corpus {
-        let mut memories = Vec::new();
-        for (path, body) in files {
-            for e in parse(body).entries() {
-                memories.push(MemoryEntry {
-                    path: path.to_string(),
-                    entry: e.clone(),
-                });
-            }
-        }
-        Corpus {
-            memories,
-            sessions: Vec::new(),
-        }
+        crate::dream::testutil::corpus(files, Vec::new())
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use super::text::{self, clip};
 use super::{Corpus, DreamOptions, Event, LineRef, MemoryEntry, Session};
-use crate::api::{Evidence, OpKind, PatchOp, Reason};
+use crate::api::{Evidence, PatchOp, Reason};
 use crate::memory::entry_id;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{BTreeMap, BTreeSet};
@@ -178,27 +178,6 @@ pub(crate) struct Tok {
 /// byte ranges, and keeping `=` and a trailing `:` ("host: x") as tokens of
 /// their own because they are verbs of a fact.
 pub(crate) fn tokens(text: &str, range: Range<usize>) -> Vec<Tok> {
-    let is_sep = |c: char| {
-        c.is_whitespace()
-            || matches!(
-                c,
-                ',' | ';'
-                    | '('
-                    | ')'
-                    | '['
-                    | ']'
-                    | '{'
-                    | '}'
-                    | '"'
-                    | '`'
-                    | '*'
-                    | '|'
-                    | '<'
-                    | '>'
-                    | '!'
-                    | '?'
-            )
-    };
     let mut out = Vec::new();
     let slice = &text[range.clone()];
     let mut start: Option<usize> = None;
@@ -213,12 +192,7 @@ pub(crate) fn tokens(text: &str, range: Range<usize>) -> Vec<Tok> {
         }
         // A trailing colon after a word is the "key: value" verb.
         let colon = seg.ends_with(':') && seg.len() > 1 && !seg.ends_with("::");
-        let trimmed_front = seg.trim_start_matches(['.', ':', '\'', '_', '~', '#']);
-        let lead = seg.len() - trimmed_front.len();
-        let t = trimmed_front
-            .trim_end_matches(['.', ':', '\'', '_', '~', '#'])
-            .trim_end_matches('-');
-        if !t.is_empty() && t.chars().any(char::is_alphanumeric) {
+        if let Some((lead, t)) = text::trim_token(seg) {
             let a = range.start + s + lead;
             out.push(Tok {
                 norm: t.to_lowercase(),
@@ -233,7 +207,7 @@ pub(crate) fn tokens(text: &str, range: Range<usize>) -> Vec<Tok> {
         }
     };
     for (i, c) in slice.char_indices() {
-        if is_sep(c) {
+        if text::is_token_separator(c) {
             if let Some(s) = start.take() {
                 push(s, i, &mut out);
             }
@@ -962,18 +936,13 @@ fn resolve(
             }
             let new_id = entry_id(&content);
             let evidence = line_evidence(st.line, st.fact.clause.clone());
-            ops.entry(target.ef.idx).or_insert_with(|| PatchOp {
-                op: OpKind::Update,
-                path: m.path.clone(),
-                section: None,
-                id: Some(m.entry.id.clone()),
-                ids: None,
-                content: Some(content),
-                to: None,
-                before: Some(m.entry.text.clone()),
-                reason: Reason::Contradiction,
-                superseded_by: None,
-                evidence: vec![evidence.clone()],
+            ops.entry(target.ef.idx).or_insert_with(|| {
+                m.op(
+                    Some(content),
+                    Reason::Contradiction,
+                    None,
+                    vec![evidence.clone()],
+                )
             });
             for c in &cands {
                 if c.ef.idx == target.ef.idx || corpus.memories[c.ef.idx].entry.id == m.entry.id {
@@ -1018,19 +987,12 @@ fn same_kind(a: &Value, b: &Value) -> bool {
 }
 
 fn delete_op(m: &MemoryEntry, winner: &str, evidence: Vec<Evidence>) -> PatchOp {
-    PatchOp {
-        op: OpKind::Delete,
-        path: m.path.clone(),
-        section: None,
-        id: Some(m.entry.id.clone()),
-        ids: None,
-        content: None,
-        to: None,
-        before: Some(m.entry.text.clone()),
-        reason: Reason::Contradiction,
-        superseded_by: Some(winner.to_string()),
+    m.op(
+        None,
+        Reason::Contradiction,
+        Some(winner.to_string()),
         evidence,
-    }
+    )
 }
 
 /// The entry text with its value replaced by the stated one: token for token
@@ -1068,46 +1030,17 @@ fn rewrite(entry_text: &str, old: &Fact, stated_text: &str, new: &Fact) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dream::Outcome;
-    use crate::memory::parse;
+    use crate::api::OpKind;
     use chrono::TimeZone;
 
-    fn corpus(files: &[(&str, &str)], sessions: Vec<Session>) -> Corpus {
-        let mut memories = Vec::new();
-        for (path, text) in files {
-            for e in parse(text).entries() {
-                memories.push(MemoryEntry {
-                    path: path.to_string(),
-                    entry: e.clone(),
-                });
-            }
-        }
-        Corpus { memories, sessions }
-    }
+    use crate::dream::testutil::corpus;
 
     fn session(id: &str, day: u32, lines: &[&str]) -> Session {
-        let events = lines
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Event::UserText {
-                text: t.to_string(),
-                at: LineRef {
-                    session: id.into(),
-                    line: i as u64 + 1,
-                },
-            })
-            .collect();
         let t = Utc.with_ymd_and_hms(2026, 11, day, 10, 0, 0).single();
-        Session {
-            id: id.into(),
-            agent: "coder".into(),
-            started: t,
-            ended: t,
-            events,
-            outcome: Outcome::Succeeded,
-            outcome_summary: None,
-            outcome_at: None,
-        }
+        crate::dream::testutil::session(id, "coder", t, lines, |text, at| Event::UserText {
+            text,
+            at,
+        })
     }
 
     #[test]

@@ -503,22 +503,9 @@ fn session_mentions(corpus: &Corpus, clusters: &[Vec<usize>]) -> Vec<Vec<Evidenc
 mod tests {
     use super::*;
     use crate::dream::session::{LineRef, Outcome, Session};
-    use crate::memory::parse;
 
     fn corpus(files: &[(&str, &str)]) -> Corpus {
-        let mut memories = Vec::new();
-        for (path, body) in files {
-            for e in parse(body).entries() {
-                memories.push(MemoryEntry {
-                    path: path.to_string(),
-                    entry: e.clone(),
-                });
-            }
-        }
-        Corpus {
-            memories,
-            sessions: Vec::new(),
-        }
+        crate::dream::testutil::corpus(files, Vec::new())
     }
 
     #[test]

@@ -222,17 +222,22 @@ pub fn analyse(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     analyse_with_report(corpus, opts).0
 }
 
+/// An analysis: a pure function from the corpus to proposed ops.
+pub type Analysis = fn(&Corpus, &DreamOptions) -> Vec<PatchOp>;
+
+/// The analyses in the order [`analyse`] runs them (earlier ones win
+/// overlaps); the bench times them one by one from this list.
+pub const STAGES: [(&str, Analysis); 6] = [
+    ("stale", stale::find),
+    ("contradictions", contradictions::find),
+    ("duplicates", duplicates::find),
+    ("errors", errors::find),
+    ("methods", methods::find),
+    ("preferences", preferences::find),
+];
+
 /// [`analyse`], also returning the ops that were dropped and why.
 pub fn analyse_with_report(corpus: &Corpus, opts: &DreamOptions) -> (Vec<PatchOp>, Vec<Dropped>) {
-    type Analysis = fn(&Corpus, &DreamOptions) -> Vec<PatchOp>;
-    let stages: [(&str, Analysis); 6] = [
-        ("stale", stale::find),
-        ("contradictions", contradictions::find),
-        ("duplicates", duplicates::find),
-        ("errors", errors::find),
-        ("methods", methods::find),
-        ("preferences", preferences::find),
-    ];
     let mut resolver = Resolver::new(corpus);
     let mut ops = Vec::new();
     let mut dropped = Vec::new();
@@ -247,7 +252,7 @@ pub fn analyse_with_report(corpus: &Corpus, opts: &DreamOptions) -> (Vec<PatchOp
             }
         }
     };
-    for (name, analysis) in stages {
+    for (name, analysis) in STAGES {
         let found = analysis(corpus, opts);
         tracing::debug!(analysis = name, ops = found.len(), "analysis done");
         take(found, &mut ops, &mut resolver);

@@ -13,7 +13,7 @@ use super::methods::{
     call_input_text, capitalise, command_program, command_verb, is_edit, is_look_only, is_shell,
     step_verb, tool_calls,
 };
-use super::text::{clip, word_jaccard, words};
+use super::text::{clip, jaccard, word_jaccard, words};
 use super::{Corpus, DreamOptions, Session, ToolCall};
 use crate::api::{Evidence, OpKind, PatchOp, Reason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -475,7 +475,15 @@ fn section_for(call: &ToolCall) -> String {
 
 /// True when memory already holds this lesson: an entry that reads nearly
 /// the same, or one that names the error and the fix.
-fn already_known(content: &str, shown: &str, advice: &str, corpus: &Corpus) -> bool {
+/// `memory_words` holds the content words of every entry, computed once for
+/// all lessons: normalising the whole store again per lesson made this
+/// stage cost lessons × entries tokenisations.
+fn already_known(
+    content: &str,
+    shown: &str,
+    advice: &str,
+    memory_words: &[BTreeSet<String>],
+) -> bool {
     // Labels like `error:` say nothing about which error it is, and the
     // advice's own verbs say nothing about which fix it is.
     let sig_words = meaning_words(shown, &["error", "fatal", "err", "failed", "e"]);
@@ -499,19 +507,29 @@ fn already_known(content: &str, shown: &str, advice: &str, corpus: &Corpus) -> b
             want.intersection(have).count() as f64 / want.len() as f64
         }
     };
-    corpus.memories.iter().any(|m| {
-        if word_jaccard(content, &m.entry.text) >= 0.6 {
+    let content_words: BTreeSet<String> = words(content).into_iter().collect();
+    memory_words.iter().any(|entry_words| {
+        if jaccard(&content_words, entry_words) >= 0.6 {
             return true;
         }
-        let entry_words: BTreeSet<String> = words(&m.entry.text).into_iter().collect();
         let (error, fix) = (
-            share(&sig_words, &entry_words),
-            share(&fix_words, &entry_words),
+            share(&sig_words, entry_words),
+            share(&fix_words, entry_words),
         );
         // Names the error and the fix; or gives the whole fix command for
         // an error it describes in its own words.
         (error >= 0.75 && fix >= 0.75) || (fix_words.len() >= 2 && fix >= 1.0 && error >= 0.25)
     })
+}
+
+/// The content words of every memory entry, in corpus order.
+fn memory_word_sets(corpus: &Corpus) -> Vec<BTreeSet<String>> {
+    use rayon::prelude::*;
+    corpus
+        .memories
+        .par_iter()
+        .map(|m| words(&m.entry.text).into_iter().collect())
+        .collect()
 }
 
 /// Content words of a masked text, without placeholders and `ignore`.
@@ -605,6 +623,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     let mut order: Vec<(&ErrorSignature, &(usize, u64))> = first_seen.iter().collect();
     order.sort_by_key(|(sig, pos)| (**pos, (*sig).clone()));
 
+    let memory_words: std::cell::OnceCell<Vec<BTreeSet<String>>> = std::cell::OnceCell::new();
     let mut ops = Vec::new();
     for (sig, _) in order {
         let Some(occurrences) = groups.get(sig) else {
@@ -658,7 +677,8 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             advice,
             fix.example
         );
-        if already_known(&content, shown, &advice, corpus) {
+        let memory_words = memory_words.get_or_init(|| memory_word_sets(corpus));
+        if already_known(&content, shown, &advice, memory_words) {
             tracing::debug!(error = %sig.text, "lesson already in memory");
             continue;
         }

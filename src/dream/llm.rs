@@ -12,6 +12,7 @@
 use super::text::clip;
 use super::{Corpus, DreamError, DreamOptions, Event};
 use crate::api::{Evidence, OpKind, PatchOp};
+use crate::llm_http;
 use crate::memory::layout::check_memory_path;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,8 +21,6 @@ use std::time::Duration;
 const MAX_TRIES: u32 = 3;
 /// First backoff when the server gives no `retry-after`; doubles per try.
 const BACKOFF: Duration = Duration::from_millis(500);
-/// The longest `retry-after` honoured, so a dream Job cannot hang for hours.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Budget of session excerpts in the prompt, in characters.
 const EXCERPT_BUDGET: usize = 24_000;
 /// Longest single excerpt line, in characters.
@@ -30,8 +29,6 @@ const EXCERPT_LINE: usize = 300;
 const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// Default request timeout, seconds.
 const DEFAULT_TIMEOUT: u64 = 120;
-/// The Anthropic API version header value.
-const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Which wire format the endpoint speaks.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,98 +211,17 @@ async fn call(
     key: &str,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, DreamError> {
-    let mut last_error = String::new();
-    for attempt in 1..=MAX_TRIES {
-        let mut req = client.post(url).json(body);
-        req = match provider {
-            LlmProvider::Anthropic => req
-                .header("x-api-key", sensitive(key)?)
-                .header("anthropic-version", ANTHROPIC_VERSION),
-            LlmProvider::Openai => req.header(
-                reqwest::header::AUTHORIZATION,
-                sensitive(&format!("Bearer {key}"))?,
-            ),
-        };
-        let wait = match req.send().await {
-            Err(e) => {
-                // The error text names the URL, never the headers.
-                last_error = format!("request failed: {e}");
-                if !(e.is_connect() || e.is_timeout() || e.is_request()) {
-                    break;
-                }
-                backoff(attempt)
-            }
-            Ok(resp) => {
-                let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
-                let text = resp.text().await.map_err(|e| {
-                    DreamError::Llm(format!(
-                        "{} at {url}: reading the response: {e}",
-                        provider.name()
-                    ))
-                })?;
-                if status.is_success() {
-                    return serde_json::from_str(&text).map_err(|e| {
-                        DreamError::Llm(format!(
-                            "{} at {url}: the response is not JSON ({e}): {}",
-                            provider.name(),
-                            clip(&text, 200)
-                        ))
-                    });
-                }
-                last_error = format!("HTTP {}: {}", status.as_u16(), provider_message(&text));
-                let retryable =
-                    status.as_u16() == 429 || status.as_u16() == 529 || status.is_server_error();
-                if !retryable {
-                    return Err(DreamError::Llm(format!(
-                        "{} at {url}: {last_error}",
-                        provider.name()
-                    )));
-                }
-                retry_after.unwrap_or_else(|| backoff(attempt))
-            }
-        };
-        if attempt < MAX_TRIES {
-            tracing::warn!(attempt, ?wait, "LLM call: {last_error}; retrying");
-            tokio::time::sleep(wait).await;
-        }
-    }
-    Err(DreamError::Llm(format!(
-        "{} at {url}: giving up after {MAX_TRIES} tries: {last_error}",
-        provider.name()
-    )))
-}
-
-fn backoff(attempt: u32) -> Duration {
-    BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1))
-}
-
-/// A header value marked sensitive, so it is redacted from any Debug output.
-fn sensitive(v: &str) -> Result<reqwest::header::HeaderValue, DreamError> {
-    let mut h = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
-        DreamError::Llm("the API key holds characters not allowed in an HTTP header".into())
-    })?;
-    h.set_sensitive(true);
-    Ok(h)
-}
-
-/// The error message a provider put in its error body (both formats use
-/// `{"error":{"message":…}}`), else the body itself, clipped.
-fn provider_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| clip(body, 300))
+    let auth = match provider {
+        LlmProvider::Anthropic => llm_http::Auth::AnthropicKey,
+        LlmProvider::Openai => llm_http::Auth::Bearer,
+    };
+    let retry = llm_http::Retry {
+        max_tries: MAX_TRIES,
+        backoff: BACKOFF,
+    };
+    llm_http::post_json(client, provider.name(), url, auth, key, body, retry)
+        .await
+        .map_err(|e| DreamError::Llm(e.to_string()))
 }
 
 /// The reply text and token usage of a successful response.

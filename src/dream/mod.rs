@@ -36,6 +36,87 @@ impl MemoryEntry {
     pub fn key(&self) -> String {
         format!("{}#{}", self.path, self.entry.id)
     }
+
+    /// An op on this entry (update when `content` is given, else delete),
+    /// with `before` set so the apply step can check the entry did not
+    /// change since the dream.
+    pub(crate) fn op(
+        &self,
+        content: Option<String>,
+        reason: crate::api::Reason,
+        superseded_by: Option<String>,
+        evidence: Vec<crate::api::Evidence>,
+    ) -> crate::api::PatchOp {
+        crate::api::PatchOp {
+            op: if content.is_some() {
+                crate::api::OpKind::Update
+            } else {
+                crate::api::OpKind::Delete
+            },
+            path: self.path.clone(),
+            section: None,
+            id: Some(self.entry.id.clone()),
+            ids: None,
+            content,
+            to: None,
+            before: Some(self.entry.text.clone()),
+            reason,
+            superseded_by,
+            evidence,
+        }
+    }
+}
+
+/// Builders shared by the analyses' unit tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::{Corpus, Event, LineRef, MemoryEntry, Outcome, Session};
+    use chrono::{DateTime, Utc};
+
+    /// A corpus of `(path, Markdown body)` files and the given sessions.
+    pub(crate) fn corpus(files: &[(&str, &str)], sessions: Vec<Session>) -> Corpus {
+        let mut memories = Vec::new();
+        for (path, body) in files {
+            for e in crate::memory::parse(body).entries() {
+                memories.push(MemoryEntry {
+                    path: path.to_string(),
+                    entry: e.clone(),
+                });
+            }
+        }
+        Corpus { memories, sessions }
+    }
+
+    /// A succeeded session whose lines are text events made by `event`.
+    pub(crate) fn session(
+        id: &str,
+        agent: &str,
+        at: Option<DateTime<Utc>>,
+        lines: &[&str],
+        event: fn(String, LineRef) -> Event,
+    ) -> Session {
+        let events = lines
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = LineRef {
+                    session: id.into(),
+                    line: i as u64 + 1,
+                };
+                event(t.to_string(), at)
+            })
+            .collect();
+        Session {
+            id: id.into(),
+            agent: agent.into(),
+            started: at,
+            ended: at,
+            events,
+            outcome: Outcome::Succeeded,
+            outcome_summary: None,
+            outcome_at: None,
+        }
+    }
 }
 
 /// Everything an analysis reads. Analyses are pure functions of this.

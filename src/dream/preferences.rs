@@ -369,23 +369,39 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
 
     // Group paraphrases: single link over the pairs that can match at all
     // (same polarity and critical tokens), so the cost is quadratic only
-    // within a bucket.
+    // within a bucket — and only over distinct keys: the same preference
+    // told in thousands of sessions is one key, linked to its copies
+    // directly instead of compared pair by pair.
+    let mut parent: Vec<usize> = (0..statements.len()).collect();
+    let union = |parent: &mut Vec<usize>, i: usize, j: usize| {
+        let (a, b) = (find_root(parent, i), find_root(parent, j));
+        if a != b {
+            parent[a.max(b)] = a.min(b);
+        }
+    };
+    type KeyRef<'k> = (bool, &'k BTreeSet<String>, &'k BTreeSet<String>);
+    let mut first_of_key: BTreeMap<KeyRef<'_>, usize> = BTreeMap::new();
     let mut buckets: BTreeMap<(bool, &BTreeSet<String>), Vec<usize>> = BTreeMap::new();
     for (i, st) in statements.iter().enumerate() {
-        buckets
-            .entry((st.key.negative, &st.key.critical))
-            .or_default()
-            .push(i);
+        let k = &st.key;
+        match first_of_key.get(&(k.negative, &k.critical, &k.words)) {
+            // An empty word set matches nothing, not even itself.
+            Some(&first) if !k.words.is_empty() => union(&mut parent, first, i),
+            Some(_) => {}
+            None => {
+                first_of_key.insert((k.negative, &k.critical, &k.words), i);
+                buckets
+                    .entry((k.negative, &k.critical))
+                    .or_default()
+                    .push(i);
+            }
+        }
     }
-    let mut parent: Vec<usize> = (0..statements.len()).collect();
     for members in buckets.values() {
         for (x, &i) in members.iter().enumerate() {
             for &j in &members[x + 1..] {
                 if same_preference(&statements[i].key, &statements[j].key) {
-                    let (a, b) = (find_root(&mut parent, i), find_root(&mut parent, j));
-                    if a != b {
-                        parent[a.max(b)] = a.min(b);
-                    }
+                    union(&mut parent, i, j);
                 }
             }
         }
@@ -397,11 +413,25 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     }
 
     let min_sessions = opts.min_sessions.max(1);
-    let memory_keys: Vec<PreferenceKey> = corpus
-        .memories
-        .iter()
-        .map(|m| preference_key(&m.entry.text))
-        .collect();
+    // Memory entries by (polarity, critical tokens): a preference can only
+    // be known as an entry of its own bucket, so each group looks at that
+    // bucket instead of the whole store.
+    let memory_keys: Vec<PreferenceKey> = {
+        use rayon::prelude::*;
+        corpus
+            .memories
+            .par_iter()
+            .map(|m| preference_key(&m.entry.text))
+            .collect()
+    };
+    let mut memory_buckets: BTreeMap<(bool, &BTreeSet<String>), Vec<&PreferenceKey>> =
+        BTreeMap::new();
+    for key in &memory_keys {
+        memory_buckets
+            .entry((key.negative, &key.critical))
+            .or_default()
+            .push(key);
+    }
     let mut ops = Vec::new();
     // Roots are the smallest index of each group, so this is first-seen order.
     for members in groups.values() {
@@ -440,10 +470,20 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
         }
         let Some((_, rep)) = best else { continue };
         let content = statements[rep].text.clone();
-        let known = memory_keys.iter().any(|key| {
-            members
-                .iter()
-                .any(|&i| same_preference(&statements[i].key, key))
+        let member_keys: BTreeSet<KeyRef<'_>> = members
+            .iter()
+            .map(|&i| {
+                let k = &statements[i].key;
+                (k.negative, &k.critical, &k.words)
+            })
+            .collect();
+        let known = member_keys.iter().any(|&(negative, critical, words)| {
+            memory_buckets
+                .get(&(negative, critical))
+                .is_some_and(|keys| {
+                    keys.iter()
+                        .any(|key| !words.is_empty() && jaccard(words, &key.words) >= SIMILARITY)
+                })
         });
         if known {
             tracing::debug!(preference = %content, "shared preference already in memory");

@@ -15,7 +15,7 @@ use super::contradictions::{
 };
 use super::text;
 use super::{Corpus, DreamOptions, MemoryEntry};
-use crate::api::{OpKind, PatchOp, Reason};
+use crate::api::{PatchOp, Reason};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
@@ -612,34 +612,8 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
         .map(|(idx, r)| {
             let m = &corpus.memories[idx];
             let evidence = vec![line_evidence(r.line, r.clause.clone())];
-            match rewrite(m, r) {
-                Some(content) if content != m.entry.text => PatchOp {
-                    op: OpKind::Update,
-                    path: m.path.clone(),
-                    section: None,
-                    id: Some(m.entry.id.clone()),
-                    ids: None,
-                    content: Some(content),
-                    to: None,
-                    before: Some(m.entry.text.clone()),
-                    reason: Reason::Stale,
-                    superseded_by: None,
-                    evidence,
-                },
-                _ => PatchOp {
-                    op: OpKind::Delete,
-                    path: m.path.clone(),
-                    section: None,
-                    id: Some(m.entry.id.clone()),
-                    ids: None,
-                    content: None,
-                    to: None,
-                    before: Some(m.entry.text.clone()),
-                    reason: Reason::Stale,
-                    superseded_by: None,
-                    evidence,
-                },
-            }
+            let content = rewrite(m, r).filter(|c| *c != m.entry.text);
+            m.op(content, Reason::Stale, None, evidence)
         })
         .collect()
 }
@@ -647,45 +621,20 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dream::{Event, LineRef, Outcome, Session};
-    use crate::memory::parse;
+    use crate::api::OpKind;
+    use crate::dream::{Event, Session};
     use chrono::{TimeZone, Utc};
 
     fn corpus(text: &str, sessions: Vec<Session>) -> Corpus {
-        Corpus {
-            memories: parse(text)
-                .entries()
-                .map(|e| MemoryEntry {
-                    path: "infra.md".into(),
-                    entry: e.clone(),
-                })
-                .collect(),
-            sessions,
-        }
+        crate::dream::testutil::corpus(&[("infra.md", text)], sessions)
     }
 
     fn session(id: &str, day: u32, lines: &[&str]) -> Session {
         let t = Utc.with_ymd_and_hms(2026, 11, day, 9, 0, 0).single();
-        Session {
-            id: id.into(),
-            agent: "ops".into(),
-            started: t,
-            ended: t,
-            events: lines
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Event::AssistantText {
-                    text: s.to_string(),
-                    at: LineRef {
-                        session: id.into(),
-                        line: i as u64 + 1,
-                    },
-                })
-                .collect(),
-            outcome: Outcome::Succeeded,
-            outcome_summary: None,
-            outcome_at: None,
-        }
+        crate::dream::testutil::session(id, "ops", t, lines, |text, at| Event::AssistantText {
+            text,
+            at,
+        })
     }
 
     fn ids(ops: &[PatchOp]) -> Vec<String> {

@@ -47,39 +47,51 @@ pub fn normalise(text: &str) -> String {
     out
 }
 
+/// True for a character that separates tokens (whitespace, list and
+/// bracket punctuation, quotes, Markdown emphasis). `.`, `:`, `=`, `-`, `/`
+/// are not separators: they hold hosts, versions, flags and key=value
+/// together.
+pub(crate) fn is_token_separator(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            ',' | ';'
+                | '('
+                | ')'
+                | '['
+                | ']'
+                | '{'
+                | '}'
+                | '"'
+                | '`'
+                | '*'
+                | '|'
+                | '<'
+                | '>'
+                | '!'
+                | '?'
+        )
+}
+
+/// Trims a separator-free segment to its token: punctuation at the ends
+/// goes, punctuation inside stays (v1.2, a.b.com, --flag, x=y). Returns the
+/// byte offset of the token in `seg` and the token (not lower-cased), or
+/// `None` when nothing alphanumeric is left.
+pub(crate) fn trim_token(seg: &str) -> Option<(usize, &str)> {
+    const ENDS: [char; 6] = ['.', ':', '\'', '_', '~', '#'];
+    let front = seg.trim_start_matches(ENDS);
+    let t = front.trim_end_matches(ENDS).trim_end_matches('-');
+    if t.is_empty() || !t.chars().any(char::is_alphanumeric) {
+        None
+    } else {
+        Some((seg.len() - front.len(), t))
+    }
+}
+
 /// The tokens of a text after normalisation, in order.
 pub fn raw_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| {
-        c.is_whitespace()
-            || matches!(
-                c,
-                ',' | ';'
-                    | '('
-                    | ')'
-                    | '['
-                    | ']'
-                    | '{'
-                    | '}'
-                    | '"'
-                    | '`'
-                    | '*'
-                    | '|'
-                    | '<'
-                    | '>'
-                    | '!'
-                    | '?'
-            )
-    })
-    .filter_map(|t| {
-        // Trim punctuation at the ends but keep it inside (v1.2, a.b.com, --flag, x=y).
-        let t = t.trim_matches(|c: char| matches!(c, '.' | ':' | '\'' | '_' | '~' | '#'));
-        let t = t.trim_end_matches('-');
-        if t.is_empty() || t.chars().all(|c| !c.is_alphanumeric()) {
-            None
-        } else {
-            Some(t.to_lowercase())
-        }
-    })
+    text.split(is_token_separator)
+        .filter_map(|t| trim_token(t).map(|(_, t)| t.to_lowercase()))
 }
 
 /// Content words: normalised tokens without stopwords.

@@ -10,6 +10,8 @@
 
 use super::RuntimeError;
 use crate::api::Provider;
+use crate::llm_http;
+pub use crate::llm_http::{clip, provider_message};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -17,10 +19,6 @@ use std::time::Duration;
 pub const MAX_TRIES: u32 = 3;
 /// First backoff when the server gives no `retry-after`; doubles per try.
 const BACKOFF: Duration = Duration::from_millis(300);
-/// The longest `retry-after` honoured, so a session cannot hang for hours.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// The Anthropic API version header value.
-const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// A content block (the Messages API's shape).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -167,106 +165,27 @@ impl Llm {
     }
 
     async fn post(&self, body: &serde_json::Value) -> Result<serde_json::Value, RuntimeError> {
+        let auth = match self.provider {
+            Provider::Anthropic => llm_http::Auth::AnthropicKey,
+            Provider::Openai => llm_http::Auth::Bearer,
+        };
+        let retry = llm_http::Retry {
+            max_tries: MAX_TRIES,
+            backoff: BACKOFF,
+        };
         let url = self.url();
-        let name = self.provider_name();
-        let mut last_error = String::new();
-        for attempt in 1..=MAX_TRIES {
-            let mut req = self.http.post(&url).json(body);
-            req = match self.provider {
-                Provider::Anthropic => req
-                    .header("x-api-key", sensitive(&self.api_key)?)
-                    .header("anthropic-version", ANTHROPIC_VERSION),
-                Provider::Openai => req.header(
-                    reqwest::header::AUTHORIZATION,
-                    sensitive(&format!("Bearer {}", self.api_key))?,
-                ),
-            };
-            let wait = match req.send().await {
-                Err(e) => {
-                    // reqwest's error text names the URL, never the headers.
-                    last_error = format!("request failed: {e}");
-                    if !(e.is_connect() || e.is_timeout() || e.is_request()) {
-                        break;
-                    }
-                    backoff(attempt)
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = parse_retry_after(resp.headers());
-                    let text = resp.text().await.map_err(|e| {
-                        RuntimeError::Llm(format!("{name} at {url}: reading the response: {e}"))
-                    })?;
-                    if status.is_success() {
-                        return serde_json::from_str(&text).map_err(|e| {
-                            RuntimeError::Llm(format!(
-                                "{name} at {url}: the response is not JSON ({e}): {}",
-                                clip(&text, 200)
-                            ))
-                        });
-                    }
-                    last_error = format!("HTTP {}: {}", status.as_u16(), provider_message(&text));
-                    let code = status.as_u16();
-                    if !(code == 429 || code == 529 || status.is_server_error()) {
-                        return Err(RuntimeError::Llm(format!("{name} at {url}: {last_error}")));
-                    }
-                    retry_after.unwrap_or_else(|| backoff(attempt))
-                }
-            };
-            if attempt < MAX_TRIES {
-                tracing::warn!(attempt, ?wait, "LLM call: {last_error}; retrying");
-                tokio::time::sleep(wait).await;
-            }
-        }
-        Err(RuntimeError::Llm(format!(
-            "{name} at {url}: giving up after {MAX_TRIES} tries: {last_error}"
-        )))
+        llm_http::post_json(
+            &self.http,
+            self.provider_name(),
+            &url,
+            auth,
+            &self.api_key,
+            body,
+            retry,
+        )
+        .await
+        .map_err(|e| RuntimeError::Llm(e.to_string()))
     }
-}
-
-fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER))
-}
-
-fn backoff(attempt: u32) -> Duration {
-    BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1))
-}
-
-/// A header value marked sensitive, so it is redacted from any Debug output.
-fn sensitive(v: &str) -> Result<reqwest::header::HeaderValue, RuntimeError> {
-    let mut h = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
-        RuntimeError::Llm("the API key holds characters not allowed in an HTTP header".into())
-    })?;
-    h.set_sensitive(true);
-    Ok(h)
-}
-
-/// At most `n` characters of `s`, with `…` when cut.
-pub(crate) fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(n).collect();
-        out.push('…');
-        out
-    }
-}
-
-/// The error message a provider put in its error body (both formats use
-/// `{"error":{"message":…}}`), else the body itself, clipped.
-pub fn provider_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| clip(body.trim(), 300))
 }
 
 /// The Messages API request body.

@@ -714,6 +714,34 @@ struct Said<'a> {
     lines: &'a [SessionLine<'a>],
     /// (index into `lines`, clause range, clause words), in line order.
     clause_words: Vec<(usize, Range<usize>, BTreeSet<String>)>,
+    /// Word → the clauses (indices into `clause_words`, ascending) that
+    /// hold it, so a value's confirmations are looked up through its
+    /// rarest critical token instead of scanning every clause per entry
+    /// (which made this analysis quadratic in the corpus).
+    index: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl Said<'_> {
+    /// The clauses that may hold every token of `tokens`, in clause order:
+    /// the posting list of the rarest one (none when a token occurs
+    /// nowhere); every clause when `tokens` is empty.
+    fn candidates(&self, tokens: &BTreeSet<String>) -> Vec<usize> {
+        if tokens.is_empty() {
+            return (0..self.clause_words.len()).collect();
+        }
+        let mut rarest: Option<&Vec<usize>> = None;
+        for t in tokens {
+            match self.index.get(t) {
+                None => return Vec::new(),
+                Some(list) => {
+                    if rarest.is_none_or(|r| list.len() < r.len()) {
+                        rarest = Some(list);
+                    }
+                }
+            }
+        }
+        rarest.cloned().unwrap_or_default()
+    }
 }
 
 /// A fact of a memory entry.
@@ -763,9 +791,16 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
             })
         })
         .collect();
+    let mut index: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
+    for (ci, (_, _, words)) in clause_words.iter().enumerate() {
+        for w in words {
+            index.entry(w.clone()).or_default().push(ci);
+        }
+    }
     let said = Said {
         lines: &lines,
         clause_words,
+        index,
     };
     let mut stated: BTreeMap<BTreeSet<String>, Vec<LineFact<'_, '_>>> = BTreeMap::new();
     for line in &lines {
@@ -848,7 +883,8 @@ fn resolve(
             }
         }
         if let Value::Critical { critical, .. } = &ef.fact.value {
-            for (li, clause, words) in &said.clause_words {
+            for ci in said.candidates(critical) {
+                let (li, clause, words) = &said.clause_words[ci];
                 let line = &said.lines[*li];
                 let contradicted_here = statements
                     .iter()

@@ -5,18 +5,11 @@
 
 mod common;
 
+use common::reverie::output_text as text;
+
 use common::ControlPlane;
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn patch_manifest(name: &str, store: &str) -> String {
     format!(
@@ -31,26 +24,11 @@ fn annotate_as(cp: &ControlPlane, user: &str, ns: &str, patch: &str, kv: &[&str]
     cp.kubectl_as(user, &args)
 }
 
-fn install_policy(cp: &ControlPlane) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/reverie/templates");
-    for f in ["approval-policy.yaml", "approver-clusterrole.yaml"] {
-        let path = dir.join(f);
-        let out = cp.kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=reverie-tests",
-            "-f",
-            path.to_str().expect("utf-8 path"),
-        ]);
-        assert!(out.status.success(), "applying {f}: {}", text(&out));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn only_approvers_may_approve_once_and_as_themselves() {
     let cp = ControlPlane::shared().await;
     cp.install_crds().await;
-    install_policy(cp);
+    cp.install_approval_policy();
     let ns = cp.create_namespace("approval").await;
 
     // alice may approve patches of team-memory; bob may edit patches but not approve.

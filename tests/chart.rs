@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::reverie::{copy_dir, is_ready as ready, output_text as text};
+
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +22,6 @@ use reverie::controller::leader::{self, LeaseConfig};
 use reverie::controller::{self, Context, ControllerConfig};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/reverie")
@@ -200,33 +193,8 @@ fn start_controller_as(cp: &ControlPlane, ns: &str, user: &str, groups: &[&str])
     });
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
-fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
-    conds.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 async fn wait_phase(cp: &ControlPlane, ns: &str, name: &str, want: PatchPhase) -> MemoryPatch {
-    let api: Api<MemoryPatch> = Api::namespaced(cp.client(), ns);
-    eventually(&format!("patch {name} to be {want:?}"), WAIT, || async {
-        let p = api.get(name).await.map_err(|e| e.to_string())?;
-        match p.status.as_ref().and_then(|s| s.phase) {
-            Some(ph) if ph == want => Ok(p),
-            _ => Err(format!("{:?}", p.status)),
-        }
-    })
-    .await
+    common::reverie::wait_patch_phase(cp, ns, name, want, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

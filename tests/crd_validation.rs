@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::reverie::output_text as text;
+
 use common::ControlPlane;
 use std::io::Write;
 use std::path::Path;
@@ -33,14 +35,6 @@ fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Output {
             .expect("write manifest");
     }
     child.wait_with_output().expect("kubectl finishes")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 async fn setup(prefix: &str) -> (&'static ControlPlane, String) {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::reverie::{copy_dir, is_ready as ready, output_text as text};
+
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
@@ -19,14 +21,6 @@ use reverie::api::{DreamSchedule, MemoryPatch, MemoryStore, PatchPhase};
 use reverie::controller::{self, Context, ControllerConfig};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Starts the controller for `ns` on the calling test's runtime.
 fn start_controller(cp: &ControlPlane, ns: &str) {
@@ -45,40 +39,12 @@ fn start_controller(cp: &ControlPlane, ns: &str) {
     });
 }
 
-fn install_policy(cp: &ControlPlane) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/reverie/templates");
-    for f in ["approval-policy.yaml", "approver-clusterrole.yaml"] {
-        let path = dir.join(f);
-        let out = cp.kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=reverie-tests",
-            "-f",
-            path.to_str().expect("utf-8 path"),
-        ]);
-        assert!(out.status.success(), "applying {f}: {}", text(&out));
-    }
-}
-
 /// alice may approve patches in `ns`; bob may edit them but not approve.
 fn grant_users(cp: &ControlPlane, ns: &str) {
     cp.apply_yaml(
         ns,
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: patch-editor}\nrules:\n- {apiGroups: [reverie.dev], resources: [memorypatches], verbs: [get, list, patch, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-approves}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reverie-approver}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]\n",
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// Seeds the claim of store `team` with `examples/store` and creates the
@@ -102,10 +68,6 @@ async fn seeded_store(cp: &ControlPlane, ns: &str) -> std::path::PathBuf {
     })
     .await;
     dir
-}
-
-fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
-    conds.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn condition_reason(
@@ -198,15 +160,7 @@ fn patch_yaml(name: &str, schedule: Option<&str>, with_delete: bool) -> String {
 }
 
 async fn wait_phase(cp: &ControlPlane, ns: &str, name: &str, want: PatchPhase) -> MemoryPatch {
-    let api: Api<MemoryPatch> = Api::namespaced(cp.client(), ns);
-    eventually(&format!("patch {name} to be {want:?}"), WAIT, || async {
-        let p = api.get(name).await.map_err(|e| e.to_string())?;
-        match p.status.as_ref().and_then(|s| s.phase) {
-            Some(ph) if ph == want => Ok(p),
-            _ => Err(format!("{:?}", p.status)),
-        }
-    })
-    .await
+    common::reverie::wait_patch_phase(cp, ns, name, want, WAIT).await
 }
 
 fn approve_as(cp: &ControlPlane, user: &str, ns: &str, patch: &str, verdict: &str) -> Output {
@@ -256,7 +210,7 @@ async fn approved_patch_is_applied_by_a_job() {
     let cp = ControlPlane::shared().await;
     let _node = TestNode::shared().await;
     cp.install_crds().await;
-    install_policy(cp);
+    cp.install_approval_policy();
     let ns = cp.create_namespace("loop-apply").await;
     grant_users(cp, &ns);
     start_controller(cp, &ns);
@@ -344,7 +298,7 @@ async fn rejected_and_conflicting_patches_change_nothing() {
     let cp = ControlPlane::shared().await;
     let _node = TestNode::shared().await;
     cp.install_crds().await;
-    install_policy(cp);
+    cp.install_approval_policy();
     let ns = cp.create_namespace("loop-reject").await;
     grant_users(cp, &ns);
     start_controller(cp, &ns);
@@ -391,7 +345,7 @@ async fn auto_mode_approves_only_listed_op_kinds() {
     let cp = ControlPlane::shared().await;
     let _node = TestNode::shared().await;
     cp.install_crds().await;
-    install_policy(cp);
+    cp.install_approval_policy();
     let ns = cp.create_namespace("loop-auto").await;
     start_controller(cp, &ns);
     let dir = seeded_store(cp, &ns).await;
@@ -609,7 +563,7 @@ async fn dream_now_proposes_a_patch_that_an_approver_applies() {
     let cp = ControlPlane::shared().await;
     let _node = TestNode::shared().await;
     cp.install_crds().await;
-    install_policy(cp);
+    cp.install_approval_policy();
     let ns = cp.create_namespace("loop-dream").await;
     // Every pod the operator starts must pass the restricted Pod Security level.
     cp.kubectl_ok(&[

@@ -4,36 +4,15 @@
 
 mod common;
 
+use common::reverie::output_text as text;
+
 use common::ControlPlane;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn install_policy(cp: &ControlPlane) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/reverie/templates");
-    for f in ["approval-policy.yaml", "approver-clusterrole.yaml"] {
-        let path = dir.join(f);
-        let out = cp.kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=reverie-tests",
-            "-f",
-            path.to_str().expect("utf-8 path"),
-        ]);
-        assert!(out.status.success(), "applying {f}: {}", text(&out));
-    }
 }
 
 /// A directory holding only `kubectl-reverie`, a symlink to the built binary.
@@ -102,7 +81,7 @@ fn set_status(cp: &ControlPlane, ns: &str, kind: &str, name: &str, status: &str)
 async fn approve_and_reject_go_through_the_policy() {
     let cp = ControlPlane::shared().await;
     cp.install_crds().await;
-    install_policy(cp);
+    cp.install_approval_policy();
     let ns = cp.create_namespace("plugin-approve").await;
     let dir = plugin_dir(cp, &ns);
 

@@ -37,6 +37,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod reverie;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

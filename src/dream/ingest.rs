@@ -452,12 +452,37 @@ fn read_session_file(path: &Path) -> Result<(Option<Session>, IngestReport), Dre
         .unwrap_or_default()
         .to_string();
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    read_transcript_bounded(&stem, reader, MAX_LINE_BYTES).map_err(io)
+}
+
+/// The longest transcript line read, in bytes. A longer line is skipped
+/// without being held in memory and counted as bad JSON: one runaway tool
+/// output must not make a dream pod's memory use grow with it.
+pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads one transcript from `reader`; `stem` is the session id that
+/// [`LineRef`]s name. `None` when no line was usable. Lines longer than
+/// [`MAX_LINE_BYTES`] are counted as bad, never buffered whole.
+pub fn read_transcript(
+    stem: &str,
+    reader: impl BufRead,
+) -> std::io::Result<(Option<Session>, IngestReport)> {
+    read_transcript_bounded(stem, reader, MAX_LINE_BYTES)
+}
+
+/// [`read_transcript`] with the line bound as a parameter, so the fuzzing
+/// checks can reach the too-long path with small inputs.
+pub(crate) fn read_transcript_bounded(
+    stem: &str,
+    mut reader: impl BufRead,
+    max_line: usize,
+) -> std::io::Result<(Option<Session>, IngestReport)> {
     let mut report = IngestReport {
         files: 1,
         ..IngestReport::default()
     };
-    let mut b = Builder::new(stem.clone());
+    let mut b = Builder::new(stem.to_string());
     let mut buf: Vec<u8> = Vec::new();
     let mut line_no: u64 = 0;
     let sample = |report: &mut IngestReport, line: u64, what: &str| {
@@ -467,11 +492,21 @@ fn read_session_file(path: &Path) -> Result<(Option<Session>, IngestReport), Dre
     };
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
+        let (n, too_long) = read_line_bounded(&mut reader, &mut buf, max_line)?;
         if n == 0 {
             break;
         }
         line_no += 1;
+        if too_long {
+            report.lines += 1;
+            report.bad_json += 1;
+            sample(
+                &mut report,
+                line_no,
+                &format!("line is longer than {max_line} bytes; skipped"),
+            );
+            continue;
+        }
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
             buf.pop();
         }
@@ -527,6 +562,51 @@ fn read_session_file(path: &Path) -> Result<(Option<Session>, IngestReport), Dre
     // Free the buffer of a very long line before the next file is read.
     drop(buf);
     Ok((b.finish(), report))
+}
+
+/// Reads one line (up to and including `\n`) into `buf`. Returns the bytes
+/// consumed (0 at the end) and whether the line was longer than `max`
+/// bytes (its terminator not counted); such a line is consumed but not kept.
+fn read_line_bounded(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<(usize, bool)> {
+    let mut consumed = 0;
+    let mut too_long = false;
+    loop {
+        let avail = match reader.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            break;
+        }
+        let (n, done) = match avail.iter().position(|&c| c == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        if !too_long {
+            buf.extend_from_slice(&avail[..n]);
+            let terminator = match (done, buf.ends_with(b"\r\n")) {
+                (false, _) => 0,
+                (true, false) => 1,
+                (true, true) => 2,
+            };
+            if buf.len() - terminator > max {
+                too_long = true;
+                buf.clear();
+                buf.shrink_to(64 * 1024);
+            }
+        }
+        reader.consume(n);
+        consumed += n;
+        if done {
+            break;
+        }
+    }
+    Ok((consumed, too_long))
 }
 
 #[cfg(test)]
@@ -656,6 +736,34 @@ mod tests {
         assert_eq!(r.lines, 2);
         assert!(matches!(&s[0].events[0], Event::UserText { text, .. } if text.len() == big.len()));
         assert!(matches!(&s[0].events[1], Event::AssistantText { at, .. } if at.line == 2));
+    }
+
+    #[test]
+    fn a_line_over_the_bound_is_counted_and_skipped() {
+        let body = concat!(
+            r#"{"role":"user","content":"short"}"#,
+            "\n",
+            r#"{"role":"user","content":"this line is longer than the bound"}"#,
+            "\r\n",
+            r#"{"role":"assistant","content":"after"}"#,
+        );
+        let (s, r) = read_transcript_bounded("t", body.as_bytes(), 40).unwrap();
+        assert_eq!((r.lines, r.bad_json), (3, 1));
+        assert_eq!(
+            r.samples,
+            vec!["t.jsonl:2: line is longer than 40 bytes; skipped"]
+        );
+        let s = s.unwrap();
+        assert_eq!(s.events.len(), 2);
+        assert!(matches!(&s.events[1], Event::AssistantText { at, .. } if at.line == 3));
+        // Exactly at the bound (terminator not counted) is read.
+        let line = r#"{"role":"user","content":"x"}"#;
+        let (s, r) =
+            read_transcript_bounded("t", format!("{line}\r\n").as_bytes(), line.len()).unwrap();
+        assert_eq!(
+            (r.lines, r.bad_json, s.map(|s| s.events.len())),
+            (1, 0, Some(1))
+        );
     }
 
     #[test]

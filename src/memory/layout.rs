@@ -33,6 +33,45 @@ pub enum PathError {
     NotMarkdown(String),
     #[error("path {0:?} goes through a symbolic link")]
     Symlink(String),
+    #[error("path {0:?} contains U+{1:04X}, a control, invisible or bidirectional character or one that looks like `.`, `/` or `\\`")]
+    Confusable(String, u32),
+}
+
+/// Whether `c` may not appear in a memory path: control characters,
+/// invisible and bidirectional formatting characters (a reviewer would read
+/// a different name than the one written), and look-alikes of `.`, `/` and
+/// `\` (`．．／x.md` reads as a traversal even where it is not one).
+fn is_confusable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+                // Look-alikes of `.`
+                | '\u{2024}'
+                | '\u{3002}'
+                | '\u{FE52}'
+                | '\u{FF0E}'
+                | '\u{FF61}'
+                // Look-alikes of `/`
+                | '\u{2044}'
+                | '\u{2215}'
+                | '\u{2571}'
+                | '\u{29F8}'
+                | '\u{FF0F}'
+                // Look-alikes of `\`
+                | '\u{2216}'
+                | '\u{29F5}'
+                | '\u{29F9}'
+                | '\u{FE68}'
+                | '\u{FF3C}'
+        )
 }
 
 /// Checks a path relative to `memories/` as a patch or the memory tool names
@@ -51,6 +90,9 @@ pub fn check_memory_path(p: &str) -> Result<String, PathError> {
     }
     if p.contains('\\') {
         return Err(PathError::BadComponent(p.to_string()));
+    }
+    if let Some(c) = p.chars().find(|&c| is_confusable(c)) {
+        return Err(PathError::Confusable(p.to_string(), u32::from(c)));
     }
     let mut parts = Vec::new();
     for c in Path::new(p).components() {
@@ -172,6 +214,30 @@ mod tests {
             Err(PathError::NotMarkdown(_))
         ));
         assert!(matches!(check_memory_path(""), Err(PathError::Empty)));
+        for p in [
+            "\u{FF0E}\u{FF0E}/x.md",
+            "..\u{FF0F}x.md",
+            "a\u{2215}b.md",
+            "evil\u{202E}dm.x.md",
+            "a\u{200B}.md",
+            "a\nb.md",
+        ] {
+            assert!(
+                matches!(
+                    check_memory_path(p),
+                    Err(PathError::Confusable(..)) | Err(PathError::BadComponent(_))
+                ),
+                "{p:?}"
+            );
+        }
+        let e = check_memory_path("evil\u{202E}dm.x.md")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("U+202E"), "{e}");
+        assert_eq!(
+            check_memory_path("notes/日本語.md").unwrap(),
+            "notes/日本語.md"
+        );
         assert!(matches!(
             check_memory_path("a\\..\\b.md"),
             Err(PathError::BadComponent(_))

@@ -6,6 +6,8 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod dream;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod llm_http;
 pub mod memory;
 pub mod pathmap;

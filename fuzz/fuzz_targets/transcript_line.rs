@@ -1,0 +1,11 @@
+//! Fuzz target `transcript_line`: runs `reverie::fuzzing::check("transcript_line", data)`, the same
+//! check `tests/fuzz_regressions.rs` runs on the corpus; a broken invariant panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = reverie::fuzzing::check("transcript_line", data) {
+        panic!("transcript_line: {e}");
+    }
+});

@@ -130,7 +130,17 @@ fn list_jsonl(dir: &Path) -> Result<Vec<PathBuf>, DreamError> {
         let ent = ent.map_err(io)?;
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".jsonl") {
+        let Some(stem) = name.strip_suffix(".jsonl") else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        // The stem becomes the session id that evidence quotes and a
+        // reviewer reads: a name with control, bidirectional or path
+        // characters would make the patch lie about where it came from.
+        if !layout::check_session_name(stem) {
+            tracing::warn!(file = ?name, "transcript skipped: its name is not a session name (letters, digits, '-', '_', '.')");
             continue;
         }
         if ent.file_type().map_err(io)?.is_file() {
@@ -779,6 +789,16 @@ mod tests {
             write(d.path(), &format!("{name}.jsonl"), line.as_bytes());
         }
         write(d.path(), "notes.txt", b"ignored");
+        write(
+            d.path(),
+            "evil\u{202E}lsonj.jsonl",
+            b"{\"role\":\"user\",\"content\":\"x\"}\n",
+        );
+        write(
+            d.path(),
+            "a b.jsonl",
+            b"{\"role\":\"user\",\"content\":\"x\"}\n",
+        );
         let since = DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);

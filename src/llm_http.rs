@@ -73,7 +73,7 @@ pub async fn post_json(
         let wait = match req.send().await {
             Err(e) => {
                 // reqwest's error text names the URL, never the headers.
-                last_error = format!("request failed: {e}");
+                last_error = redact(&format!("request failed: {e}"), key);
                 if !(e.is_connect() || e.is_timeout() || e.is_request()) {
                     break;
                 }
@@ -89,11 +89,17 @@ pub async fn post_json(
                     return serde_json::from_str(&text).map_err(|e| {
                         PostError::Failed(format!(
                             "{name} at {url}: the response is not JSON ({e}): {}",
-                            clip(&text, 200)
+                            clip(&redact(&text, key), 200)
                         ))
                     });
                 }
-                last_error = format!("HTTP {}: {}", status.as_u16(), provider_message(&text));
+                // A server may echo the key it refused (some proxies do);
+                // the message ends up in logs, Events and status fields.
+                last_error = format!(
+                    "HTTP {}: {}",
+                    status.as_u16(),
+                    redact(&provider_message(&redact(&text, key)), key)
+                );
                 let code = status.as_u16();
                 if !(code == 429 || code == 529 || status.is_server_error()) {
                     return Err(PostError::Failed(format!("{name} at {url}: {last_error}")));
@@ -110,6 +116,16 @@ pub async fn post_json(
         "{name} at {url}: giving up after {} tries: {last_error}",
         retry.max_tries
     )))
+}
+
+/// `s` with every occurrence of `key` replaced by `[REDACTED]`. Keys
+/// shorter than 6 bytes are not searched for: replacing every `a` of a
+/// message would make it unreadable, and no real key is that short.
+pub fn redact(s: &str, key: &str) -> String {
+    if key.len() < 6 {
+        return s.to_string();
+    }
+    s.replace(key, "[REDACTED]")
 }
 
 /// A `retry-after` in seconds, capped at [`MAX_RETRY_AFTER`].
@@ -151,4 +167,19 @@ pub fn provider_message(body: &str) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| clip(body.trim(), 300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_key_everywhere() {
+        let key = "sk-test-123456";
+        let body = format!(r#"{{"error":{{"message":"invalid x-api-key {key} (Bearer {key})"}}}}"#);
+        let msg = redact(&provider_message(&redact(&body, key)), key);
+        assert!(!msg.contains(key), "{msg}");
+        assert_eq!(msg, "invalid x-api-key [REDACTED] (Bearer [REDACTED])");
+        assert_eq!(redact("a b a", "a"), "a b a");
+    }
 }

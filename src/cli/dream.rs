@@ -149,17 +149,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DreamArgs) -> anyhow::Result<()> {
+    // Bad flag values are invalid input: exit 2, like an invalid patch.
     if !(0.0..=1.0).contains(&args.duplicate_threshold) {
-        bail!(
-            "--duplicate-threshold {}: must be between 0 and 1",
-            args.duplicate_threshold
-        );
+        return Err(super::Exit::new(
+            2,
+            format!(
+                "--duplicate-threshold {}: must be between 0 and 1",
+                args.duplicate_threshold
+            ),
+        )
+        .into());
     }
     let now = now()?;
     let mut since = args
         .since
         .as_deref()
-        .map(|s| parse_since(s, now))
+        .map(|s| parse_since(s, now).map_err(|e| super::Exit::new(2, e.to_string())))
         .transpose()?;
     let cluster = if args.publish {
         let c = Cluster::connect(&args)?;

@@ -203,16 +203,23 @@ fn normalise(lines: &[&str], content_offset: usize) -> String {
 
 /// Parses a Markdown memory file. Never fails: any text is a valid file.
 pub fn parse(text: &str) -> MemoryFile {
+    // A byte-order mark (some editors write one) is kept as raw text, so a
+    // first-line heading is still a heading and no entry starts with it.
+    let bom = if text.starts_with('\u{FEFF}') {
+        "\u{FEFF}"
+    } else {
+        ""
+    };
     // Lines with their terminators, and byte offsets.
     let mut lines: Vec<(usize, &str)> = Vec::new();
-    let mut off = 0;
-    for l in text.split_inclusive('\n') {
+    let mut off = bom.len();
+    for l in text[bom.len()..].split_inclusive('\n') {
         lines.push((off, l));
         off += l.len();
     }
     let mut blocks = Vec::new();
     let mut section: Option<String> = None;
-    let mut raw = String::new();
+    let mut raw = String::from(bom);
     let mut i = 0;
     let flush_raw = |raw: &mut String, blocks: &mut Vec<Block>| {
         if !raw.is_empty() {
@@ -386,6 +393,22 @@ mod tests {
             f.entries().nth(3).unwrap().section.as_deref(),
             Some("Other")
         );
+    }
+
+    #[test]
+    fn byte_order_mark_is_raw_text() {
+        let src = "\u{FEFF}# Odd\r\n\r\n- one\r\n";
+        let f = parse(src);
+        assert_eq!(f.render(), src);
+        let e: Vec<_> = f.entries().collect();
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].text.as_str(), e[0].section.as_deref()),
+            ("one", Some("Odd"))
+        );
+        assert_eq!(&src[e[0].span.clone()], "- one");
+        let f = parse("\u{FEFF}- first");
+        assert_eq!(f.entries().next().map(|e| e.text.as_str()), Some("first"));
     }
 
     #[test]

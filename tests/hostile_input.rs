@@ -81,7 +81,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             } else if md.is_dir() {
                 out.insert(rel, Vec::new());
                 todo.push(p);
-            } else if !(p.file_name().is_some_and(|n| n == "lock")) {
+            } else if p.file_name().is_none_or(|n| n != "lock") {
                 // The lock file is created empty by any writer that
                 // waits for it; it holds no state.
                 out.insert(rel, std::fs::read(&p).expect("read"));

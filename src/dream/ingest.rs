@@ -599,10 +599,12 @@ fn read_line_bounded(
         };
         if !too_long {
             buf.extend_from_slice(&avail[..n]);
-            let terminator = match (done, buf.ends_with(b"\r\n")) {
-                (false, _) => 0,
-                (true, false) => 1,
-                (true, true) => 2,
+            // A `\r` may wait for its `\n` in the next chunk: it is part
+            // of the terminator, not of the line.
+            let terminator = match (done, buf.ends_with(b"\r\n"), buf.ends_with(b"\r")) {
+                (true, true, _) => 2,
+                (true, false, _) | (false, _, true) => 1,
+                (false, _, false) => 0,
             };
             if buf.len() - terminator > max {
                 too_long = true;
@@ -770,6 +772,14 @@ mod tests {
         let line = r#"{"role":"user","content":"x"}"#;
         let (s, r) =
             read_transcript_bounded("t", format!("{line}\r\n").as_bytes(), line.len()).unwrap();
+        assert_eq!(
+            (r.lines, r.bad_json, s.map(|s| s.events.len())),
+            (1, 0, Some(1))
+        );
+        // Also when the `\r` and the `\n` arrive in different reads.
+        let body = format!("{line}\r\n");
+        let split = std::io::BufReader::with_capacity(line.len() + 1, body.as_bytes());
+        let (s, r) = read_transcript_bounded("t", split, line.len()).unwrap();
         assert_eq!(
             (r.lines, r.bad_json, s.map(|s| s.events.len())),
             (1, 0, Some(1))

@@ -56,6 +56,17 @@ pub fn check_transcript(data: &[u8]) -> Result<(), String> {
     }
     let (small_session, small) = read_transcript_bounded(stem, data, SMALL_LINE_BOUND)
         .map_err(|e| format!("io error (bounded): {e}"))?;
+    let small_chunked = read_transcript_bounded(
+        stem,
+        std::io::BufReader::with_capacity(7, data),
+        SMALL_LINE_BOUND,
+    )
+    .map_err(|e| format!("io error (bounded, chunked): {e}"))?;
+    if small_chunked != (small_session.clone(), small.clone()) {
+        return Err(
+            "with the small bound, reading in 7-byte chunks gave a different result".into(),
+        );
+    }
     let long = lines
         .iter()
         .filter(|l| strip_terminator(l).len() > SMALL_LINE_BOUND)

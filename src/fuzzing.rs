@@ -6,7 +6,7 @@
 //! untrusted input and returns `Err` with what broke when an invariant does
 //! not hold; a panic inside the parser is a failure too.
 
-use crate::dream::ingest::{read_transcript, read_transcript_bounded};
+use crate::dream::ingest::{read_transcript_bounded, MAX_LINE_BYTES};
 use crate::dream::{Event, IngestReport, LineRef, Session};
 use crate::memory::entry::{entry_id, parse, Block};
 use crate::memory::patch::{parse_patch, spec_hash, validate_spec};
@@ -34,7 +34,7 @@ const SMALL_LINE_BOUND: usize = 64;
 /// bad without changing how many lines were seen.
 pub fn check_transcript(data: &[u8]) -> Result<(), String> {
     let stem = "fuzz";
-    let (session, report) = read_transcript(stem, data).map_err(|e| format!("io error: {e}"))?;
+    let (session, report) = read_both(stem, data, MAX_LINE_BYTES)?;
     let lines = split_lines(data);
     let nonblank = lines.iter().filter(|l| !is_blank(l)).count() as u64;
     if report.lines != nonblank {
@@ -47,26 +47,7 @@ pub fn check_transcript(data: &[u8]) -> Result<(), String> {
     if let Some(s) = &session {
         check_session(s, stem, lines.len() as u64)?;
     }
-    // Chunk boundaries must not matter: a BufReader of 7 bytes splits every
-    // line across many fill_buf calls.
-    let chunked = read_transcript(stem, std::io::BufReader::with_capacity(7, data))
-        .map_err(|e| format!("io error (chunked): {e}"))?;
-    if chunked != (session.clone(), report.clone()) {
-        return Err("reading in 7-byte chunks gave a different result".into());
-    }
-    let (small_session, small) = read_transcript_bounded(stem, data, SMALL_LINE_BOUND)
-        .map_err(|e| format!("io error (bounded): {e}"))?;
-    let small_chunked = read_transcript_bounded(
-        stem,
-        std::io::BufReader::with_capacity(7, data),
-        SMALL_LINE_BOUND,
-    )
-    .map_err(|e| format!("io error (bounded, chunked): {e}"))?;
-    if small_chunked != (small_session.clone(), small.clone()) {
-        return Err(
-            "with the small bound, reading in 7-byte chunks gave a different result".into(),
-        );
-    }
+    let (small_session, small) = read_both(stem, data, SMALL_LINE_BOUND)?;
     let long = lines
         .iter()
         .filter(|l| strip_terminator(l).len() > SMALL_LINE_BOUND)
@@ -92,6 +73,26 @@ pub fn check_transcript(data: &[u8]) -> Result<(), String> {
         check_session(s, stem, lines.len() as u64)?;
     }
     Ok(())
+}
+
+/// Reads `data` whole and through a 7-byte buffer (which splits every line
+/// across many reads) with line bound `bound`; chunk boundaries must not
+/// matter, so the two results must be equal.
+fn read_both(
+    stem: &str,
+    data: &[u8],
+    bound: usize,
+) -> Result<(Option<Session>, IngestReport), String> {
+    let whole = read_transcript_bounded(stem, data, bound)
+        .map_err(|e| format!("io error (bound {bound}): {e}"))?;
+    let chunked = read_transcript_bounded(stem, std::io::BufReader::with_capacity(7, data), bound)
+        .map_err(|e| format!("io error (bound {bound}, chunked): {e}"))?;
+    if chunked != whole {
+        return Err(format!(
+            "with a {bound}-byte line bound, reading in 7-byte chunks gave a different result"
+        ));
+    }
+    Ok(whole)
 }
 
 /// The input's lines as the reader sees them: split after each `\n`.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::controller::leader::{self, LeaseConfig};
-use crate::controller::metrics;
+use crate::controller::metrics::{self, Role};
 use crate::controller::{self, Context, ControllerConfig};
 
 /// `reverie controller`.
@@ -87,7 +87,13 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             match lease {
                 Some(cfg) => {
                     tracing::info!(lease = cfg.name, namespace = cfg.namespace, identity = cfg.identity, "waiting for the lease");
-                    leader::run_as_leader(&client, &cfg, controller::run(ctx)).await
+                    metrics::set_role(Role::Standby);
+                    // Polled only once the lease is held.
+                    let lead = async move {
+                        metrics::set_role(Role::Leader);
+                        controller::run(ctx).await
+                    };
+                    leader::run_as_leader(&client, &cfg, lead).await
                 }
                 None => controller::run(ctx).await,
             }

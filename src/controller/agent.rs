@@ -173,8 +173,18 @@ async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error
 }
 
 /// Logs a failed reconcile and retries it shortly.
-pub(crate) fn shared_error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, label = err.metric_label(), "reconcile failed");
+pub(crate) fn shared_error_policy<K: Resource>(
+    obj: Arc<K>,
+    err: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        error = %err,
+        label = err.metric_label(),
+        "reconcile failed"
+    );
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -216,9 +226,12 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, shared_error_policy, ctx)
+        .run(
+            super::metrics::observe("agent", reconcile),
+            shared_error_policy,
+            ctx,
+        )
         .for_each(|r| async move {
-            super::metrics::record_reconcile("agent", r.is_ok());
             if let Err(e) = r {
                 tracing::debug!("agent controller: {e}");
             }

@@ -428,6 +428,7 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
         ..old.clone()
     };
     let mut requeue = None;
+    let mut provider = None;
 
     // Children: every session whose `parentRef` is this one (by spec, not by
     // label, so a child created by hand counts too), sorted by name.
@@ -569,6 +570,7 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
                 (Health::Stalled { message, .. }, SessionPhase::Failed) => Some(message.clone()),
                 _ => None,
             };
+            provider = agent.as_ref().map(|a| a.spec.model.provider);
             status.transcript = agent.as_ref().and_then(|a| {
                 a.spec
                     .memory
@@ -587,6 +589,7 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
         if status.phase != old.phase {
             let phase = status.phase.unwrap_or_default();
             let failed = phase == SessionPhase::Failed;
+            super::metrics::record_finished_session(phase, provider, status.usage.as_ref());
             let note = match (&health, failed) {
                 (_, true) => status.message.clone().unwrap_or_default(),
                 (Some(Health::Stalled { message, .. }), _)
@@ -641,12 +644,11 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .shutdown_on_signal()
     .run(
-        reconcile,
+        super::metrics::observe("agentsession", reconcile),
         |s, e, c: Arc<SessionContext>| shared_error_policy(s, e, c.ctx.clone()),
         sctx,
     )
     .for_each(|r| async move {
-        super::metrics::record_reconcile("agentsession", r.is_ok());
         if let Err(e) = r {
             tracing::debug!("agentsession controller: {e}");
         }

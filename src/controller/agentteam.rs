@@ -167,9 +167,12 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, shared_error_policy, ctx)
+        .run(
+            super::metrics::observe("agentteam", reconcile),
+            shared_error_policy,
+            ctx,
+        )
         .for_each(|r| async move {
-            super::metrics::record_reconcile("agentteam", r.is_ok());
             if let Err(e) = r {
                 tracing::debug!("agentteam controller: {e}");
             }

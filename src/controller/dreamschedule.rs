@@ -439,11 +439,12 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            super::metrics::record_reconcile("dreamschedule", r.is_ok());
-            futures::future::ready(())
-        })
+        .run(
+            super::metrics::observe("dreamschedule", reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
         .await;
 }
 

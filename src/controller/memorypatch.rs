@@ -347,6 +347,10 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
         && previous.phase != Some(next.phase)
     {
         tracing::info!(namespace = ns, name, phase = ?next.phase, message = next.message, "patch phase changed");
+        if next.phase == PatchPhase::Applied {
+            // Counted on the recorded transition, so once per patch.
+            super::metrics::metrics().record_applied_ops(&patch.spec.ops);
+        }
         let warning = matches!(next.phase, PatchPhase::Conflicted | PatchPhase::Failed);
         event(
             client,
@@ -436,16 +440,19 @@ pub async fn run(ctx: Arc<Context>) {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    Controller::new(patches, watcher::Config::default())
+    let controller = Controller::new(patches, watcher::Config::default());
+    super::metrics::metrics().watch_patches(controller.store());
+    controller
         .owns(
             jobs,
             watcher::Config::default().labels(super::jobs::PATCH_LABEL),
         )
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            super::metrics::record_reconcile("memorypatch", r.is_ok());
-            futures::future::ready(())
-        })
+        .run(
+            super::metrics::observe("memorypatch", reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
         .await;
 }
 

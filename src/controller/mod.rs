@@ -57,7 +57,7 @@ pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {
     let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![];
     controllers.extend(agents_controllers(ctx.clone()));
     controllers.extend(dream_loop_controllers(ctx.clone()));
-    futures::future::join_all(controllers).await;
+    futures::future::join_all(controllers.into_iter().map(metrics::until_stopped)).await;
     Ok(())
 }
 

@@ -589,7 +589,12 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
         if status.phase != old.phase {
             let phase = status.phase.unwrap_or_default();
             let failed = phase == SessionPhase::Failed;
-            super::metrics::record_finished_session(phase, provider, status.usage.as_ref());
+            super::metrics::record_finished_session(
+                &session,
+                phase,
+                provider,
+                status.usage.as_ref(),
+            );
             let note = match (&health, failed) {
                 (_, true) => status.message.clone().unwrap_or_default(),
                 (Some(Health::Stalled { message, .. }), _)

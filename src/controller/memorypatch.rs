@@ -348,8 +348,8 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
     {
         tracing::info!(namespace = ns, name, phase = ?next.phase, message = next.message, "patch phase changed");
         if next.phase == PatchPhase::Applied {
-            // Counted on the recorded transition, so once per patch.
-            super::metrics::metrics().record_applied_ops(&patch.spec.ops);
+            // Counted on the recorded transition, once per patch.
+            super::metrics::metrics().record_applied_ops(&patch);
         }
         let warning = matches!(next.phase, PatchPhase::Conflicted | PatchPhase::Failed);
         event(

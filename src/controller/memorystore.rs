@@ -120,6 +120,8 @@ pub fn is_open(phase: Option<PatchPhase>) -> bool {
 /// A dream Job that finished after the store's `lastFinishedDream`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinishedDream {
+    /// The Job's [`super::metrics::object_key`].
+    pub job: String,
     pub succeeded: bool,
     /// From the Job's start to its completion (or failure).
     pub took: Option<Duration>,
@@ -151,6 +153,7 @@ pub fn dreams_finished_after(
             .and_then(|s| s.start_time.as_ref())
             .and_then(|start| Duration::try_from(done.0.duration_since(start.0)).ok());
         out.push(FinishedDream {
+            job: super::metrics::object_key(job),
             succeeded: state == JobState::Succeeded,
             took,
         });
@@ -305,7 +308,7 @@ async fn apply(store: &MemoryStore, ctx: &Context, ns: &str) -> Result<Action, E
         // Counted only once the new watermark is recorded, so a failed
         // write (retried) does not count the same Jobs twice.
         for d in &dreams {
-            super::metrics::metrics().record_dream(d.succeeded, d.took);
+            super::metrics::metrics().record_dream(&d.job, d.succeeded, d.took);
         }
     }
     if changed_health {
@@ -535,10 +538,12 @@ mod tests {
             first,
             vec![
                 FinishedDream {
+                    job: "Job//d1".to_string(),
                     succeeded: true,
                     took: Some(Duration::from_secs(42))
                 },
                 FinishedDream {
+                    job: "Job//d2".to_string(),
                     succeeded: false,
                     took: Some(Duration::from_secs(5))
                 },

@@ -12,6 +12,7 @@
 //! for no gain. Tests use label values of their own, so a shared registry
 //! does not make them interfere.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -35,7 +36,7 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
 use super::Error;
-use crate::api::{MemoryPatch, PatchOp, PatchPhase, Provider, SessionPhase, Usage};
+use crate::api::{AgentSession, MemoryPatch, PatchOp, PatchPhase, Provider, SessionPhase, Usage};
 
 /// `controller` and `outcome` (`ok` or `error`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,10 +103,17 @@ pub struct Metrics {
     patch_ops: Family<ReasonLabel, Counter>,
     llm_tokens: Family<ProviderDirection, Counter>,
     llm_errors: Family<ProviderLabel, Counter>,
-    /// The MemoryPatch controller's cache; `reverie_memory_patches` is
-    /// counted from it at each scrape, so deleted patches drop out.
-    patch_store: Mutex<Option<Store<MemoryPatch>>>,
+    /// The MemoryPatch controllers' caches (one in a deployed process);
+    /// `reverie_memory_patches` is counted from them at each scrape, so
+    /// deleted patches drop out.
+    patch_stores: Mutex<Vec<Store<MemoryPatch>>>,
+    /// What was counted lately (see [`Metrics::first_time`]).
+    counted: Mutex<BTreeMap<String, Instant>>,
 }
+
+/// How long [`Metrics::first_time`] remembers a key: far longer than a
+/// reflector cache lags behind the controller's own writes.
+const REMEMBER: Duration = Duration::from_secs(15 * 60);
 
 impl Metrics {
     fn new() -> Self {
@@ -177,8 +185,25 @@ impl Metrics {
             patch_ops,
             llm_tokens,
             llm_errors,
-            patch_store: Mutex::new(None),
+            patch_stores: Mutex::new(Vec::new()),
+            counted: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// True the first time `key` is seen in [`REMEMBER`]. A transition is
+    /// counted when the controller records it, but a reconcile that reads a
+    /// cache not yet showing its own last write sees the same transition
+    /// again; this keeps it from being counted twice. (After a restart the
+    /// cache shows the recorded state, so there is no transition to count.)
+    pub fn first_time(&self, key: &str) -> bool {
+        let mut seen = lock(&self.counted);
+        let now = Instant::now();
+        seen.retain(|_, at| now.duration_since(*at) < REMEMBER);
+        if seen.contains_key(key) {
+            return false;
+        }
+        seen.insert(key.to_string(), now);
+        true
     }
 
     /// Counts one reconcile of `controller` and how long it took.
@@ -205,9 +230,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts one finished dream Job; `took` is `None` when the Job has no
-    /// start time (it is still counted, its duration is not observed).
-    pub fn record_dream(&self, succeeded: bool, took: Option<Duration>) {
+    /// Counts one finished dream Job (`job`: its [`object_key`], counted
+    /// once); `took`
+    /// is `None` when the Job has no start time (it is still counted, its
+    /// duration is not observed).
+    pub fn record_dream(&self, job: &str, succeeded: bool, took: Option<Duration>) {
+        if !self.first_time(job) {
+            return;
+        }
         let outcome = if succeeded { "succeeded" } else { "failed" };
         self.dreams
             .get_or_create(&OutcomeLabel {
@@ -219,9 +249,13 @@ impl Metrics {
         }
     }
 
-    /// Counts the ops of a patch that just reached `Applied`, by reason.
-    pub fn record_applied_ops(&self, ops: &[PatchOp]) {
-        for op in ops {
+    /// Counts the ops of `patch`, which just reached `Applied`, by reason
+    /// (once per patch).
+    pub fn record_applied_ops(&self, patch: &MemoryPatch) {
+        if !self.first_time(&object_key(patch)) {
+            return;
+        }
+        for op in &patch.spec.ops {
             self.patch_ops
                 .get_or_create(&ReasonLabel {
                     reason: op_reason(op),
@@ -249,20 +283,26 @@ impl Metrics {
         }
     }
 
-    /// Makes `reverie_memory_patches` count the patches in `store`.
+    /// Makes `reverie_memory_patches` count the patches in `store` too.
     pub fn watch_patches(&self, store: Store<MemoryPatch>) {
-        *lock(&self.patch_store) = Some(store);
+        lock(&self.patch_stores).push(store);
     }
 
     fn refresh_patch_phases(&self) {
-        let Some(store) = lock(&self.patch_store).clone() else {
+        let stores = lock(&self.patch_stores).clone();
+        if stores.is_empty() {
             return;
-        };
-        let phases = store
-            .state()
+        }
+        // By object, so a patch two caches hold counts once.
+        let phases: BTreeMap<String, PatchPhase> = stores
             .iter()
-            .map(|p| p.status.as_ref().and_then(|s| s.phase).unwrap_or_default())
-            .collect::<Vec<_>>();
+            .flat_map(|s| s.state())
+            .map(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+                (object_key(p.as_ref()), phase)
+            })
+            .collect();
+        let phases: Vec<PatchPhase> = phases.into_values().collect();
         for (label, n) in count_phases(&phases) {
             self.memory_patches
                 .get_or_create(&PhaseLabel {
@@ -292,6 +332,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it;
     // the value is still usable.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What identifies an object for [`Metrics::first_time`]: its kind and uid
+/// (namespace and name when it has none, as in unit tests).
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    let id =
+        obj.meta().uid.clone().unwrap_or_else(|| {
+            format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+        });
+    format!("{}/{id}", K::kind(&()))
 }
 
 /// The `reason` of an op as its serialised (kebab-case) name.
@@ -365,16 +415,21 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(Metrics::new)
 }
 
-/// Counts the LLM usage of a session that just reached `phase` (recorded
-/// once, on the status transition the controller writes): only a finished
-/// session with a known provider and a reported usage counts.
+/// Counts the LLM usage of `session`, which just reached `phase`
+/// (recorded on the status transition the controller writes, once per
+/// session): only a finished session with a known provider and a reported
+/// usage counts.
 pub fn record_finished_session(
+    session: &AgentSession,
     phase: SessionPhase,
     provider: Option<Provider>,
     usage: Option<&Usage>,
 ) {
     let finished = matches!(phase, SessionPhase::Succeeded | SessionPhase::Failed);
     if let (true, Some(p), Some(u)) = (finished, provider, usage) {
+        if !metrics().first_time(&object_key(session)) {
+            return;
+        }
         metrics().record_llm(provider_label(p), u.input_tokens, u.output_tokens, u.errors);
     }
 }
@@ -557,13 +612,22 @@ mod tests {
     #[test]
     fn dreams_ops_and_llm_usage_are_counted() {
         let m = Metrics::new();
-        m.record_dream(true, Some(Duration::from_secs(3)));
-        m.record_dream(false, None);
+        m.record_dream("uid-1", true, Some(Duration::from_secs(3)));
+        m.record_dream("uid-2", false, None);
+        // The same Job seen again (a stale cache) is not counted twice.
+        m.record_dream("uid-1", true, Some(Duration::from_secs(3)));
         let op: PatchOp = serde_json::from_value(serde_json::json!(
             {"op": "delete", "path": "a.md", "id": "0123456789ab", "reason": "duplicate"}
         ))
         .unwrap();
-        m.record_applied_ops(&[op.clone(), op]);
+        let patch: MemoryPatch = serde_json::from_value(serde_json::json!({
+            "apiVersion": "reverie.dev/v1alpha1", "kind": "MemoryPatch",
+            "metadata": {"name": "p1", "namespace": "ns", "uid": "u1"},
+            "spec": {"storeRef": {"name": "team"}, "baseRevision": 0, "summary": "", "ops": [op.clone(), op]},
+        }))
+        .unwrap();
+        m.record_applied_ops(&patch);
+        m.record_applied_ops(&patch);
         m.record_llm("anthropic", 10, 4, 0);
         m.record_llm("anthropic", 1, 1, 2);
         let text = m.render();
@@ -622,6 +686,15 @@ mod tests {
         assert!(counts.contains(&("Applied", 2)));
         assert!(counts.contains(&("Pending", 1)));
         assert!(counts.contains(&("Failed", 0)));
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_a_controller_loop_stops() {
+        assert_eq!(health().0, StatusCode::OK);
+        until_stopped(async {}).await;
+        let (code, body) = health();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("stopped"));
     }
 
     #[test]

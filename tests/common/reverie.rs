@@ -76,3 +76,32 @@ impl ControlPlane {
         }
     }
 }
+
+/// Seeds the claim of MemoryStore `name` with `examples/store`, creates the
+/// store (`deletionPolicy: Delete`) and waits until it is Ready; returns the
+/// claim's directory.
+pub async fn seeded_store(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> std::path::PathBuf {
+    let dir = cp.pvc_dir(ns, &format!("{name}-memory"));
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"),
+        &dir,
+    );
+    cp.apply_yaml(
+        ns,
+        &format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: Delete\n  storage: {{size: 1Gi}}\n"),
+    );
+    let stores: Api<reverie::api::MemoryStore> = Api::namespaced(cp.client(), ns);
+    eventually(&format!("store {name} to be Ready"), timeout, || async {
+        let s = stores.get(name).await.map_err(|e| e.to_string())?;
+        is_ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
+            .then_some(())
+            .ok_or(format!("{:?}", s.status))
+    })
+    .await;
+    dir
+}

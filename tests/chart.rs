@@ -181,6 +181,10 @@ async fn deployment_runs_restricted_and_cluster_role_has_no_wildcards() {
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     assert_eq!(c["args"][0], "controller");
+    // JSON logs by default, so log pipelines get the object on each line.
+    let args = c["args"].as_sequence().expect("args");
+    assert!(args.iter().any(|a| a == "--log-format=json"), "{args:?}");
+    assert_eq!(c["env"][2]["name"], "RUST_LOG");
 }
 
 /// Renders `templates` of the chart as release `system` in namespace

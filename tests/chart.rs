@@ -528,7 +528,7 @@ async fn metrics_count_reconciles_and_health_endpoints_answer() {
 
 /// The mock model's script: the lead hands two tasks to two members in one
 /// turn and consolidates their answers; the members answer at once; the
-/// `FLAKY` agent's endpoint always fails.
+/// `FLAKY` agent's endpoint and the dream's LLM pass always fail.
 fn team_script() -> Vec<Rule> {
     vec![
         Rule::new(Answer::Tools(
@@ -554,6 +554,9 @@ fn team_script() -> Vec<Rule> {
             .system("ROLE:BEN")
             .delay(Duration::from_secs(2)),
         Rule::new(Answer::Error(500, "the model is down".into())).system("ROLE:FLAKY"),
+        // The dream's LLM pass: it fails, the deterministic ops stand.
+        Rule::new(Answer::Error(503, "overloaded".into()))
+            .system("You maintain the Markdown memory"),
     ]
 }
 
@@ -664,11 +667,12 @@ async fn agent_team_and_auto_approval_run_with_the_charts_service_account() {
         "apiVersion: reverie.dev/v1alpha1\nkind: AgentSession\nmetadata: {name: audit}\nspec:\n  teamRef: {name: auditors}\n  prompt: Audit everything\n  timeoutSeconds: 300\n---\napiVersion: reverie.dev/v1alpha1\nkind: AgentSession\nmetadata: {name: down}\nspec:\n  agentRef: {name: flaky}\n  prompt: Say hello\n  timeoutSeconds: 300\n",
     );
 
-    // Meanwhile, a dream on a seeded store, approved by the controller.
+    // Meanwhile, a dream on a seeded store, approved by the controller; its
+    // LLM pass (key from the Secret) fails and is reported.
     seeded_store(cp, &ns, "kb", WAIT).await;
     cp.apply_yaml(
         &ns,
-        "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata:\n  name: auto\n  annotations: {reverie.dev/dream-now: first}\nspec:\n  storeRef: {name: kb}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  approval: {mode: Auto, autoApprove: [add, update, merge, delete]}\n",
+        &"apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata:\n  name: auto\n  annotations: {reverie.dev/dream-now: first}\nspec:\n  storeRef: {name: kb}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  approval: {mode: Auto, autoApprove: [add, update, merge, delete]}\n  llm: {provider: anthropic, name: test-model, baseURL: \"MOCK\", apiKeySecretRef: {name: llm, key: api-key}, maxTokens: 1000}\n".replace("MOCK", &mock.url),
     );
 
     let audit = wait_session(cp, &ns, "audit").await;
@@ -740,11 +744,11 @@ async fn agent_team_and_auto_approval_run_with_the_charts_service_account() {
         );
         assert_eq!(sample(&text, &series), *n as f64, "{series}:\n{text}");
     }
-    assert_eq!(
-        sample(&text, "reverie_llm_errors_total{provider=\"openai\"}"),
-        1.0,
-        "{text}"
-    );
+    // The flaky agent's session and the dream's LLM pass, one each.
+    for provider in ["openai", "anthropic"] {
+        let series = format!("reverie_llm_errors_total{{provider=\"{provider}\"}}");
+        assert_eq!(sample(&text, &series), 1.0, "{series}:\n{text}");
+    }
     let applied_ops: f64 = text
         .lines()
         .filter(|l| l.starts_with("reverie_patch_ops_total{"))

@@ -187,6 +187,7 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
     // The optional LLM pass: the model returns the complete list of ops it
     // proposes; they are validated again against the store and each other.
     // If the endpoint cannot be used the deterministic ops stand.
+    let mut llm_failed = false;
     let (ops, dropped, llm_report) = if args.llm.enabled() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -213,12 +214,26 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
             Err(e) => {
                 tracing::warn!(error = %e, "the LLM pass failed; keeping the deterministic ops");
                 eprintln!("warning: {e}; keeping the deterministic ops");
+                llm_failed = true;
                 (ops, dropped, None)
             }
         }
     } else {
         (ops, dropped, None)
     };
+    // For the operator's LLM metrics (termination message).
+    let llm_usage = args.llm.llm_provider.map(|p| {
+        use clap::ValueEnum;
+        crate::controller::publish::LlmUsage {
+            provider: p
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+            input_tokens: llm_report.as_ref().map_or(0, |r| r.input_tokens),
+            output_tokens: llm_report.as_ref().map_or(0, |r| r.output_tokens),
+            errors: u64::from(llm_failed),
+        }
+    });
 
     let files: std::collections::BTreeSet<&str> =
         corpus.memories.iter().map(|m| m.path.as_str()).collect();
@@ -284,6 +299,7 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
             revision: base,
             entries: stats.entries as u64,
             bytes: stats.bytes,
+            llm: llm_usage,
         };
         let real = crate::pathmap::translate(path);
         std::fs::write(&real, serde_json::to_string(&result)?)

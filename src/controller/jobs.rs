@@ -513,6 +513,9 @@ pub struct DreamResult {
     pub entries: u64,
     #[serde(default)]
     pub bytes: u64,
+    /// The LLM pass's usage, when it ran.
+    #[serde(default)]
+    pub llm: Option<super::publish::LlmUsage>,
 }
 
 /// The JSON an apply pod writes to its termination log: the apply outcome,

@@ -30,6 +30,7 @@ use super::jobs::{
     claim_name, job_state, owner_ref, parse_result, pod_termination, store_labels, ApplyResult,
     DreamResult, JobState, ROLE_LABEL,
 };
+use super::publish::LlmUsage;
 use super::status::{conditions, Health};
 use super::writes::{apply_if_changed, event, now, write_status};
 use super::{workers, Context, Error};
@@ -90,6 +91,8 @@ pub struct JobReport {
     pub revision: Option<u64>,
     pub entries: Option<u64>,
     pub bytes: Option<u64>,
+    /// A dream's LLM usage, when its LLM pass ran.
+    pub llm: Option<LlmUsage>,
 }
 
 /// Folds job reports (in any order) into the store's figures: the newest
@@ -122,6 +125,8 @@ pub fn is_open(phase: Option<PatchPhase>) -> bool {
 pub struct FinishedDream {
     /// The Job's [`super::metrics::object_key`].
     pub job: String,
+    /// The Job's name.
+    pub name: String,
     pub succeeded: bool,
     /// From the Job's start to its completion (or failure).
     pub took: Option<Duration>,
@@ -154,6 +159,7 @@ pub fn dreams_finished_after(
             .and_then(|start| Duration::try_from(done.0.duration_since(start.0)).ok());
         out.push(FinishedDream {
             job: super::metrics::object_key(job),
+            name: job.name_any(),
             succeeded: state == JobState::Succeeded,
             took,
         });
@@ -196,6 +202,7 @@ async fn job_reports(client: &Client, ns: &str, jobs: &[Job]) -> Result<Vec<JobR
                 revision: Some(d.revision),
                 entries: Some(d.entries),
                 bytes: Some(d.bytes),
+                llm: d.llm,
             }),
             _ => parse_result::<ApplyResult>(&message).map(|a| JobReport {
                 finished,
@@ -204,6 +211,7 @@ async fn job_reports(client: &Client, ns: &str, jobs: &[Job]) -> Result<Vec<JobR
                 revision: a.revision,
                 entries: a.entries,
                 bytes: a.bytes,
+                llm: None,
             }),
         };
         out.extend(report);
@@ -284,7 +292,12 @@ async fn apply(store: &MemoryStore, ctx: &Context, ns: &str) -> Result<Action, E
         .list(&ListParams::default().labels(&format!("{STORE_LABEL}={name}")))
         .await?
         .items;
-    fold_reports(job_reports(client, ns, &jobs).await?, &mut status);
+    let reports = job_reports(client, ns, &jobs).await?;
+    let llm_of: BTreeMap<String, LlmUsage> = reports
+        .iter()
+        .filter_map(|r| r.llm.clone().map(|u| (r.name.clone(), u)))
+        .collect();
+    fold_reports(reports, &mut status);
     let (dreams, watermark) = dreams_finished_after(&jobs, previous.last_finished_dream.as_ref());
     status.last_finished_dream = watermark;
     let pending = store_patches(client, ns, &name)
@@ -307,8 +320,14 @@ async fn apply(store: &MemoryStore, ctx: &Context, ns: &str) -> Result<Action, E
         tracing::info!(namespace = ns, name, revision = ?status.revision, pending, "store status updated");
         // Counted only once the new watermark is recorded, so a failed
         // write (retried) does not count the same Jobs twice.
+        let m = super::metrics::metrics();
         for d in &dreams {
-            super::metrics::metrics().record_dream(&d.job, d.succeeded, d.took);
+            if let (true, Some(u)) = (
+                m.record_dream(&d.job, d.succeeded, d.took),
+                llm_of.get(&d.name),
+            ) {
+                m.record_llm(&u.provider, u.input_tokens, u.output_tokens, u.errors);
+            }
         }
     }
     if changed_health {
@@ -474,6 +493,7 @@ mod tests {
             revision: Some(rev),
             entries: Some(rev * 10),
             bytes: Some(rev * 100),
+            llm: None,
         };
         let mut s = MemoryStoreStatus::default();
         fold_reports(
@@ -539,11 +559,13 @@ mod tests {
             vec![
                 FinishedDream {
                     job: "Job//d1".to_string(),
+                    name: "d1".to_string(),
                     succeeded: true,
                     took: Some(Duration::from_secs(42))
                 },
                 FinishedDream {
                     job: "Job//d2".to_string(),
+                    name: "d2".to_string(),
                     succeeded: false,
                     took: Some(Duration::from_secs(5))
                 },

@@ -231,12 +231,12 @@ impl Metrics {
     }
 
     /// Counts one finished dream Job (`job`: its [`object_key`], counted
-    /// once); `took`
+    /// once; returns whether it was counted now); `took`
     /// is `None` when the Job has no start time (it is still counted, its
     /// duration is not observed).
-    pub fn record_dream(&self, job: &str, succeeded: bool, took: Option<Duration>) {
+    pub fn record_dream(&self, job: &str, succeeded: bool, took: Option<Duration>) -> bool {
         if !self.first_time(job) {
-            return;
+            return false;
         }
         let outcome = if succeeded { "succeeded" } else { "failed" };
         self.dreams
@@ -247,6 +247,7 @@ impl Metrics {
         if let Some(t) = took {
             self.dream_duration.observe(t.as_secs_f64());
         }
+        true
     }
 
     /// Counts the ops of `patch`, which just reached `Applied`, by reason
@@ -615,7 +616,7 @@ mod tests {
         m.record_dream("uid-1", true, Some(Duration::from_secs(3)));
         m.record_dream("uid-2", false, None);
         // The same Job seen again (a stale cache) is not counted twice.
-        m.record_dream("uid-1", true, Some(Duration::from_secs(3)));
+        assert!(!m.record_dream("uid-1", true, Some(Duration::from_secs(3))));
         let op: PatchOp = serde_json::from_value(serde_json::json!(
             {"op": "delete", "path": "a.md", "id": "0123456789ab", "reason": "duplicate"}
         ))

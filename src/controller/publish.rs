@@ -29,6 +29,25 @@ pub struct PublishResult {
     pub revision: u64,
     pub entries: u64,
     pub bytes: u64,
+    /// What the optional LLM pass used; absent when it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmUsage>,
+}
+
+/// The LLM usage of one dream, reported to the operator for its metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmUsage {
+    /// `anthropic` or `openai`.
+    pub provider: String,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Requests that failed for good (the pass then keeps the
+    /// deterministic ops).
+    #[serde(default)]
+    pub errors: u64,
 }
 
 fn size_of(patch: &MemoryPatch) -> Result<usize, Error> {

@@ -2,6 +2,11 @@
 # One image runs every reverie pod: the controller, agent sessions, dream and
 # apply jobs. Build: docker build -t ghcr.io/reverie-dev/reverie:dev .
 #
+# Not verified here: the machine this was written on has no container engine,
+# so this image has never been built; the musl build, the distroless stage and
+# the chart running it in a real cluster are unchecked (the tests run the same
+# binary as local processes against a real apiserver instead).
+#
 # Stage 1 builds a static binary against musl so the final image needs no libc.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \

@@ -169,6 +169,11 @@ async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
         assert_eq!(l["namespace"], ns.as_str(), "{l}");
         assert!(l["name"].as_str().is_some_and(|n| !n.is_empty()), "{l}");
         assert!(l["kind"].is_string(), "{l}");
+        // The only object here is the store: even a line about another
+        // object it touched (the worker ServiceAccount) names the store.
+        if l["controller"] == "memorystore" {
+            assert_eq!(l["name"], "team", "{l}");
+        }
     }
     assert!(
         in_reconcile.iter().any(|l| l["kind"] == "MemoryStore"

@@ -3,7 +3,9 @@
 //! the fields of the enclosing spans are lifted to the top level next to the
 //! event's own. A reconcile runs in a span carrying `kind`, `namespace` and
 //! `name`, so every line it logs names its object, and log pipelines can
-//! filter on `namespace`/`name` without knowing the span layout.
+//! filter on `namespace`/`name` without knowing the span layout. An event
+//! field that clashes with a span field (with another value) is kept as
+//! `event.<field>`, so the object's fields always mean the object.
 
 use std::fmt;
 
@@ -91,7 +93,18 @@ where
         if !spans.is_empty() {
             line.insert("spans".to_string(), Value::String(spans.join(":")));
         }
-        event.record(&mut FieldVisitor(&mut line));
+        let mut fields = Map::new();
+        event.record(&mut FieldVisitor(&mut fields));
+        for (key, value) in fields {
+            // The spans' fields name the object being worked on and keep
+            // their place; an event field that says something else under the
+            // same name (a child's `name`, say) is kept beside it.
+            let key = match line.get(&key) {
+                Some(v) if *v != value => format!("event.{key}"),
+                _ => key,
+            };
+            line.insert(key, value);
+        }
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
@@ -178,7 +191,8 @@ mod tests {
             tracing::info!(count = 3, ok = true, "checked the secret");
             let inner = tracing::info_span!("child", step = "apply");
             let _inner = inner.enter();
-            tracing::warn!(error = %"boom", "write failed");
+            tracing::warn!(error = %"boom", name = "reverie-worker", "write failed");
+            tracing::info!(namespace = "ns1", "same value, no clash");
         });
         tracing::subscriber::with_default(
             tracing_subscriber::fmt()
@@ -194,7 +208,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is JSON"))
             .collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(lines[0]["namespace"], "ns1");
         assert_eq!(lines[0]["name"], "coder");
         assert_eq!(lines[0]["kind"], "Agent");
@@ -207,7 +221,11 @@ mod tests {
         assert_eq!(lines[1]["step"], "apply");
         assert_eq!(lines[1]["error"], "boom");
         assert_eq!(lines[1]["spans"], "reconcile:child");
-        assert!(lines[2].get("namespace").is_none());
-        assert_eq!(lines[2]["message"], "outside");
+        assert_eq!(lines[1]["name"], "coder");
+        assert_eq!(lines[1]["event.name"], "reverie-worker");
+        assert_eq!(lines[2]["namespace"], "ns1");
+        assert!(lines[2].get("event.namespace").is_none());
+        assert!(lines[3].get("namespace").is_none());
+        assert_eq!(lines[3]["message"], "outside");
     }
 }

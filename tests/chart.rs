@@ -9,7 +9,7 @@
 mod common;
 mod mock_llm;
 
-use common::reverie::{is_ready as ready, output_text as text, seeded_store};
+use common::reverie::{free_addr, http_get, output_text as text, sample, seeded_store, wait_ready};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -263,6 +263,23 @@ fn start_controller_as(cp: &ControlPlane, ns: &str, user: &str, groups: &[&str])
     });
 }
 
+/// Waits until DreamSchedule `schedule` reports a patch; returns its name.
+async fn last_patch(cp: &ControlPlane, ns: &str, schedule: &str) -> String {
+    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), ns);
+    eventually(
+        &format!("schedule {schedule} reports its patch"),
+        WAIT,
+        || async {
+            let s = schedules.get(schedule).await.map_err(|e| e.to_string())?;
+            s.status
+                .clone()
+                .and_then(|st| st.last_patch)
+                .ok_or(format!("{:?}", s.status))
+        },
+    )
+    .await
+}
+
 async fn wait_phase(cp: &ControlPlane, ns: &str, name: &str, want: PatchPhase) -> MemoryPatch {
     common::reverie::wait_patch_phase(cp, ns, name, want, WAIT).await
 }
@@ -301,15 +318,7 @@ async fn dream_loop_runs_with_the_charts_service_account() {
         "dream job: {:?}",
         job.status
     );
-    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), &ns);
-    let name = eventually("schedule reports the dream", WAIT, || async {
-        let s = schedules.get("nightly").await.map_err(|e| e.to_string())?;
-        s.status
-            .clone()
-            .and_then(|st| st.last_patch)
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
+    let name = last_patch(cp, &ns, "nightly").await;
     wait_phase(cp, &ns, &name, PatchPhase::Pending).await;
 
     // Approve → applied by a Job the controller started.
@@ -432,38 +441,11 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_goes() {
     standby.abort();
 }
 
-/// The value of the series `series` (name and labels exactly as exposed)
-/// in a scrape; 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn reconciles(text: &str, controller: &str) -> f64 {
     sample(
         text,
         &format!("reverie_reconciles_total{{controller=\"{controller}\",outcome=\"ok\"}}"),
     )
-}
-
-/// A free loopback address for the metrics endpoints.
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-/// `GET http://{addr}{path}`: the status and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let r = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let body = r.text().await.map_err(|e| e.to_string())?;
-    Ok((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,14 +474,7 @@ async fn metrics_count_reconciles_and_health_endpoints_answer() {
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n",
     );
-    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
-    eventually("store team to be Ready", WAIT, || async {
-        let s = stores.get("team").await.map_err(|e| e.to_string())?;
-        ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
+    wait_ready::<MemoryStore>(cp, &ns, "team", WAIT).await;
     let (status, text) = http_get(addr, "/metrics").await.expect("scrape");
     assert_eq!(status, 200);
     assert!(
@@ -642,26 +617,9 @@ async fn agent_team_and_auto_approval_run_with_the_charts_service_account() {
         &ns,
         "apiVersion: v1\nkind: Secret\nmetadata: {name: late-key}\nstringData: {api-key: sk-late}\n",
     );
-    eventually(
-        "agent late Ready once its Secret exists",
-        Duration::from_secs(15),
-        || async {
-            let a = agents_api.get("late").await.map_err(|e| e.to_string())?;
-            ready(a.status.as_ref().map(|s| s.conditions.as_slice()))
-                .then_some(())
-                .ok_or(format!("{:?}", a.status))
-        },
-    )
-    .await;
+    wait_ready::<Agent>(cp, &ns, "late", Duration::from_secs(15)).await;
 
-    let teams: Api<AgentTeam> = Api::namespaced(cp.client(), &ns);
-    eventually("team auditors Ready", WAIT, || async {
-        let t = teams.get("auditors").await.map_err(|e| e.to_string())?;
-        ready(t.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", t.status))
-    })
-    .await;
+    wait_ready::<AgentTeam>(cp, &ns, "auditors", WAIT).await;
     cp.apply_yaml(
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: AgentSession\nmetadata: {name: audit}\nspec:\n  teamRef: {name: auditors}\n  prompt: Audit everything\n  timeoutSeconds: 300\n---\napiVersion: reverie.dev/v1alpha1\nkind: AgentSession\nmetadata: {name: down}\nspec:\n  agentRef: {name: flaky}\n  prompt: Say hello\n  timeoutSeconds: 300\n",
@@ -689,15 +647,7 @@ async fn agent_team_and_auto_approval_run_with_the_charts_service_account() {
     assert_eq!(down_st.phase, Some(SessionPhase::Failed), "{down_st:?}");
     assert_eq!(down_st.usage.as_ref().map(|u| u.errors), Some(1));
 
-    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), &ns);
-    let patch = eventually("schedule auto reports its patch", WAIT, || async {
-        let s = schedules.get("auto").await.map_err(|e| e.to_string())?;
-        s.status
-            .clone()
-            .and_then(|st| st.last_patch)
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
+    let patch = last_patch(cp, &ns, "auto").await;
     let applied = wait_phase(cp, &ns, &patch, PatchPhase::Applied).await;
     let approver = applied
         .metadata

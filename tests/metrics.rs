@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::reverie::is_ready;
+use common::reverie::{free_addr, http_get, sample, wait_ready};
 use common::{eventually, ControlPlane};
-use kube::api::Api;
 use reverie::api::MemoryStore;
 use serde_json::Value;
 
@@ -30,12 +29,6 @@ impl Drop for Controller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
 }
 
 /// Starts `reverie controller --log-format json` for `ns`, competing for
@@ -59,21 +52,13 @@ fn start(cp: &ControlPlane, ns: &str, identity: &str) -> Controller {
     Controller { child, log, addr }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let r = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    Ok((status, r.text().await.map_err(|e| e.to_string())?))
-}
-
 /// Waits until `path` answers `want` (status and body).
 async fn wait_for(addr: SocketAddr, path: &str, want: (u16, &str)) {
     eventually(
         &format!("{path} on {addr} to be {want:?}"),
         WAIT,
         || async {
-            let got = get(addr, path).await?;
+            let got = http_get(addr, path).await?;
             (got.0 == want.0 && got.1 == want.1)
                 .then_some(())
                 .ok_or(format!("{got:?}"))
@@ -90,14 +75,6 @@ fn lines(log: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
     let cp = ControlPlane::shared().await;
@@ -110,7 +87,7 @@ async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
     wait_for(b.addr, "/readyz", (200, "ok: standby\n")).await;
     for c in [&a, &b] {
         assert_eq!(
-            get(c.addr, "/healthz").await.expect("healthz"),
+            http_get(c.addr, "/healthz").await.expect("healthz"),
             (200, "ok\n".to_string())
         );
     }
@@ -119,18 +96,11 @@ async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec: {deletionPolicy: Delete}\n",
     );
-    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
-    eventually("store team to be Ready", WAIT, || async {
-        let s = stores.get("team").await.map_err(|e| e.to_string())?;
-        is_ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
+    wait_ready::<MemoryStore>(cp, &ns, "team", WAIT).await;
 
     // Only the leader reconciles, and its scrape says so.
     let ok = "reverie_reconciles_total{controller=\"memorystore\",outcome=\"ok\"}";
-    let (status, leader) = get(a.addr, "/metrics").await.expect("scrape a");
+    let (status, leader) = http_get(a.addr, "/metrics").await.expect("scrape a");
     assert_eq!(status, 200);
     assert!(sample(&leader, ok) >= 1.0, "{leader}");
     assert!(
@@ -140,7 +110,7 @@ async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
         ) >= 1.0,
         "{leader}"
     );
-    let (status, standby) = get(b.addr, "/metrics").await.expect("scrape b");
+    let (status, standby) = http_get(b.addr, "/metrics").await.expect("scrape b");
     assert_eq!(status, 200);
     assert_eq!(sample(&standby, ok), 0.0, "{standby}");
 

@@ -95,13 +95,57 @@ pub async fn seeded_store(
         ns,
         &format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: Delete\n  storage: {{size: 1Gi}}\n"),
     );
-    let stores: Api<reverie::api::MemoryStore> = Api::namespaced(cp.client(), ns);
-    eventually(&format!("store {name} to be Ready"), timeout, || async {
-        let s = stores.get(name).await.map_err(|e| e.to_string())?;
-        is_ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
+    wait_ready::<reverie::api::MemoryStore>(cp, ns, name, timeout).await;
     dir
+}
+
+/// Waits until the object `ns/name` of kind `K` has `Ready=True` in its
+/// `status.conditions`; returns it.
+pub async fn wait_ready<K>(cp: &ControlPlane, ns: &str, name: &str, timeout: Duration) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let api: Api<K> = Api::namespaced(cp.client(), ns);
+    let what = format!("{} {name} to be Ready", K::kind(&()));
+    eventually(&what, timeout, || async {
+        let obj = api.get(name).await.map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
+        let conds: Vec<Condition> =
+            serde_json::from_value(v["status"]["conditions"].clone()).unwrap_or_default();
+        is_ready(Some(&conds))
+            .then_some(obj)
+            .ok_or(format!("{}", v["status"]))
+    })
+    .await
+}
+
+/// The value of the series `series` (name and labels exactly as exposed)
+/// in a Prometheus text scrape; 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A free loopback address (for the controller's metrics endpoints).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// `GET http://{addr}{path}`: the status and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let r = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
 }

@@ -230,10 +230,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts one finished dream Job (`job`: its [`object_key`], counted
-    /// once; returns whether it was counted now); `took`
-    /// is `None` when the Job has no start time (it is still counted, its
-    /// duration is not observed).
+    /// Counts one finished dream Job, `job` being its [`object_key`]; returns
+    /// whether it was counted now (once per Job). `took` is `None` when the
+    /// Job has no start time: it is counted, its duration is not observed.
     pub fn record_dream(&self, job: &str, succeeded: bool, took: Option<Duration>) -> bool {
         if !self.first_time(job) {
             return false;

@@ -294,6 +294,7 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
                             &claim_name(store),
                             &ctx.config.image,
                             &ctx.config.worker_service_account,
+                            store.spec.retention.as_ref().and_then(|r| r.revisions),
                         )?;
                         match jobs.create(&PostParams::default(), &job).await {
                             Ok(_) => {}

@@ -194,6 +194,7 @@ pub fn apply_at(
             .iter()
             .map(|(p, f)| file_record(p, f.before.as_deref(), f.after.as_deref()))
             .collect(),
+        compacted: None,
     };
     let changed = record.paths();
     commit(store, Intent { record, files })?;
@@ -254,6 +255,17 @@ pub fn rollback_at(store: &Store, to: u64, now: DateTime<Utc>) -> Result<ApplyOu
             ),
         });
     }
+    if let Some(c) = later.iter().rev().find(|r| r.compacted.is_some()) {
+        return Err(ApplyError::BadRevision {
+            to,
+            message: format!(
+                "revision {}'s record was compacted by the store's revision retention, so \
+                 revisions before it cannot be restored; the oldest revision that can be \
+                 restored is {}",
+                c.revision, c.revision
+            ),
+        });
+    }
     // The earliest record after `to` that touched a file holds its content at `to`.
     let mut target: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut last_hash: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -294,6 +306,7 @@ pub fn rollback_at(store: &Store, to: u64, now: DateTime<Utc>) -> Result<ApplyOu
         ops: Vec::new(),
         inverse_ops: Vec::new(),
         files: file_records,
+        compacted: None,
     };
     let changed = record.paths();
     commit(store, Intent { record, files })?;
@@ -412,6 +425,11 @@ fn recover_locked(store: &Store) -> Result<(), StoreError> {
         "rolling forward a write interrupted by a crash"
     );
     roll_forward(store, &intent)
+}
+
+/// Rolls forward a leftover intent; the caller holds the store lock.
+pub(crate) fn recover_with_lock(store: &Store) -> Result<(), StoreError> {
+    recover_locked(store)
 }
 
 /// Rolls forward an interrupted write, if there is one (taking the lock

@@ -70,7 +70,9 @@ fn kill_at_fault(mut child: Child, point: &str) -> String {
             }
             _ => {
                 let status = child.wait().expect("wait");
-                panic!("the process ended ({status}) without reaching fault point {point}:\n{seen}");
+                panic!(
+                    "the process ended ({status}) without reaching fault point {point}:\n{seen}"
+                );
             }
         }
     }
@@ -190,7 +192,13 @@ fn apply_killed_at_every_fault_point_is_old_or_new_and_converges() {
     let clean = store();
     let p = patch_file(clean.path());
     let (code, _, err) = finish(reverie(
-        &["memory", "apply", "--store", store_arg(&clean), p.to_str().expect("utf-8")],
+        &[
+            "memory",
+            "apply",
+            "--store",
+            store_arg(&clean),
+            p.to_str().expect("utf-8"),
+        ],
         None,
         &[],
     ));
@@ -204,7 +212,13 @@ fn apply_killed_at_every_fault_point_is_old_or_new_and_converges() {
         let s = store();
         let p = patch_file(s.path());
         let child = reverie(
-            &["memory", "apply", "--store", store_arg(&s), p.to_str().expect("utf-8")],
+            &[
+                "memory",
+                "apply",
+                "--store",
+                store_arg(&s),
+                p.to_str().expect("utf-8"),
+            ],
             Some(point),
             &[],
         )
@@ -232,7 +246,15 @@ fn apply_killed_at_every_fault_point_is_old_or_new_and_converges() {
 
         // The rerun (the apply Job's next attempt) converges on revision 1.
         let (code, out, err) = finish(reverie(
-            &["memory", "apply", "--store", store_arg(&s), p.to_str().expect("utf-8"), "-o", "json"],
+            &[
+                "memory",
+                "apply",
+                "--store",
+                store_arg(&s),
+                p.to_str().expect("utf-8"),
+                "-o",
+                "json",
+            ],
             None,
             &[],
         ));
@@ -260,13 +282,28 @@ fn rollback_killed_at_every_fault_point_is_old_or_new_and_converges() {
         let s = store();
         let p = patch_file(s.path());
         let (code, _, err) = finish(reverie(
-            &["memory", "apply", "--store", store_arg(&s), p.to_str().expect("utf-8")],
+            &[
+                "memory",
+                "apply",
+                "--store",
+                store_arg(&s),
+                p.to_str().expect("utf-8"),
+            ],
             None,
             &[],
         ));
         assert_eq!(code, Some(0), "{err}");
         let applied = tree(&s.path().join("memories"));
-        let rollback = ["memory", "rollback", "--store", store_arg(&s), "--to", "0", "-o", "json"];
+        let rollback = [
+            "memory",
+            "rollback",
+            "--store",
+            store_arg(&s),
+            "--to",
+            "0",
+            "-o",
+            "json",
+        ];
         let child = reverie(&rollback, Some(point), &[]).spawn().expect("spawn");
         kill_at_fault(child, point);
 
@@ -276,7 +313,10 @@ fn rollback_killed_at_every_fault_point_is_old_or_new_and_converges() {
             assert_eq!(seen, applied, "{point}: still revision 1");
             assert_eq!(records, 1, "{point}");
         } else {
-            assert_eq!(seen, before, "{point}: rolled forward to revision 0's files");
+            assert_eq!(
+                seen, before,
+                "{point}: rolled forward to revision 0's files"
+            );
             assert_eq!(records, 2, "{point}");
         }
 
@@ -289,7 +329,15 @@ fn rollback_killed_at_every_fault_point_is_old_or_new_and_converges() {
         assert_no_leftovers(&s, point);
         // The rolled-back patch applies again on top.
         let (code, out, err) = finish(reverie(
-            &["memory", "apply", "--store", store_arg(&s), p.to_str().expect("utf-8"), "-o", "json"],
+            &[
+                "memory",
+                "apply",
+                "--store",
+                store_arg(&s),
+                p.to_str().expect("utf-8"),
+                "-o",
+                "json",
+            ],
             None,
             &[],
         ));

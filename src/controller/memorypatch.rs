@@ -316,6 +316,7 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
                             Err(kube::Error::Api(s)) if s.code == 409 => {}
                             Err(e) => return Err(e.into()),
                         }
+                        crate::memory::apply::fault_point("apply-job-created");
                         tracing::info!(namespace = ns, name, job = job_name, "apply job created");
                         Next::new(
                             PatchPhase::Applying,

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::node::TestNode;
 use common::reverie::{copy_dir, output_text, wait_patch_phase};
@@ -346,4 +346,300 @@ fn rollback_killed_at_every_fault_point_is_old_or_new_and_converges() {
         assert_eq!(v["revision"], 3, "{point}: {v}");
         assert_eq!(tree(&s.path().join("memories")), applied, "{point}");
     }
+}
+
+/// The fault-point variables that make `point` block.
+fn blocking(point: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (FAULT_ENV, point.to_string()),
+        (FAULT_ACTION_ENV, "block".to_string()),
+    ]
+}
+
+fn marker(point: &str) -> String {
+    format!("{FAULT_REACHED} {point}")
+}
+
+/// A store directory whose dream, under a small byte budget, proposes
+/// ~5,000 budget deletes: a patch of ~2.5 MB, published in 3 parts.
+fn big_store(dir: &Path) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let words = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
+    ];
+    let mut text = String::from("# Facts\n\n");
+    for i in 0..5000 {
+        let line: Vec<String> = (0..25)
+            .map(|_| {
+                let w = words[rng.random_range(0..words.len())];
+                format!("{w}{}", rng.random_range(0..100_000))
+            })
+            .collect();
+        text.push_str(&format!("- Fact {i}: {}.\n", line.join(" ")));
+    }
+    std::fs::create_dir_all(dir.join("memories")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("sessions")).expect("mkdir");
+    std::fs::write(dir.join("memories/facts.md"), text).expect("write");
+}
+
+/// `reverie dream --publish` of store `big` in `ns`, with the engine's
+/// clock at `now`.
+fn publish_cmd(
+    cp: &ControlPlane,
+    dir: &Path,
+    ns: &str,
+    now: &str,
+    term: &Path,
+    fault: Option<&str>,
+) -> Command {
+    let args = [
+        "dream",
+        "--store",
+        dir.to_str().expect("utf-8"),
+        "--max-bytes",
+        "1000",
+        "--publish",
+        "--namespace",
+        ns,
+        "--store-name",
+        "big",
+        "--schedule",
+        "auto",
+        "--termination-log",
+        term.to_str().expect("utf-8"),
+    ];
+    let kubeconfig = cp.kubeconfig_path().display().to_string();
+    let mut cmd = reverie(
+        &args,
+        fault,
+        &[("KUBECONFIG", kubeconfig.as_str()), ("REVERIE_NOW", now)],
+    );
+    // The manifest (megabytes) goes to stdout; nobody reads it here.
+    cmd.stdout(Stdio::null());
+    cmd
+}
+
+/// The patches of store `big`, by name.
+async fn big_patches(cp: &ControlPlane, ns: &str) -> BTreeMap<String, MemoryPatch> {
+    Api::<MemoryPatch>::namespaced(cp.client(), ns)
+        .list(&ListParams::default().labels("reverie.dev/store=big"))
+        .await
+        .expect("list patches")
+        .items
+        .into_iter()
+        .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dream_killed_mid_publish_leaves_no_approvable_half_and_a_rerun_completes_it() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("crash-publish").await;
+    let dir = cp.pvc_dir(&ns, "big-memory");
+    big_store(&dir);
+    // Auto approval of deletes: a complete group is approved and applied
+    // by the controller on its own, so "not approved" below means the gate.
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: big}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: auto}\nspec:\n  storeRef: {name: big}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  approval: {mode: Auto, autoApprove: [delete]}\n",
+    );
+    let _controller = cp.spawn_controller("controller", &ns, &[], &[]);
+    let term = cp.dir().join(format!("{ns}-termination.json"));
+
+    // 1. Killed after the first part.
+    let child = publish_cmd(
+        cp,
+        &dir,
+        &ns,
+        "2026-11-30T03:00:00Z",
+        &term,
+        Some("publish-after-part-1"),
+    )
+    .spawn()
+    .expect("spawn dream");
+    kill_at_fault(child, "publish-after-part-1");
+    let first = big_patches(cp, &ns).await;
+    assert_eq!(first.len(), 1, "{:?}", first.keys());
+    let (part1, p) = first.iter().next().expect("one part");
+    assert!(part1.ends_with("-part-1"), "{part1}");
+    let parts: usize = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("reverie.dev/parts"))
+        .and_then(|n| n.parse().ok())
+        .expect("parts annotation");
+    assert!(parts >= 2, "{parts}");
+    assert!(!term.exists(), "no termination message from a killed dream");
+    // The lone part waits: not approved (though Auto would approve it),
+    // no apply Job, and its status says why.
+    let waiting = wait_patch_phase(cp, &ns, part1, PatchPhase::Pending, WAIT).await;
+    let message = waiting.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains(&format!("1 of {parts} parts")),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = Api::<MemoryPatch>::namespaced(cp.client(), &ns)
+        .get(part1)
+        .await
+        .expect("part 1");
+    assert!(
+        !still
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("reverie.dev/approval"),
+        "an incomplete group was approved"
+    );
+    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
+    let apply_jobs = || async {
+        jobs.list(&ListParams::default().labels("reverie.dev/role=apply"))
+            .await
+            .expect("jobs")
+            .items
+            .len()
+    };
+    assert_eq!(apply_jobs().await, 0);
+
+    // 2. A rerun a minute later (the engine would name it differently)
+    //    adopts the group's names; killed after the last create, before
+    //    its termination message.
+    let base = part1.trim_end_matches("-part-1").to_string();
+    let child = publish_cmd(
+        cp,
+        &dir,
+        &ns,
+        "2026-11-30T03:01:00Z",
+        &term,
+        Some("publish-before-result"),
+    )
+    .spawn()
+    .expect("spawn dream");
+    kill_at_fault(child, "publish-before-result");
+    let names: Vec<String> = big_patches(cp, &ns).await.into_keys().collect();
+    let want: Vec<String> = (1..=parts).map(|i| format!("{base}-part-{i}")).collect();
+    assert_eq!(names, want, "the same names, no second group");
+    assert!(!term.exists());
+
+    // 3. A third run finds every part and writes the result.
+    let (code, _, err) = finish(publish_cmd(
+        cp,
+        &dir,
+        &ns,
+        "2026-11-30T03:01:00Z",
+        &term,
+        None,
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&term).expect("termination log"))
+            .expect("result json");
+    assert_eq!(result["patches"], serde_json::json!(want));
+    assert_eq!(big_patches(cp, &ns).await.len(), parts, "no duplicates");
+
+    // The complete group is approved and applied, one part at a time.
+    for (i, name) in want.iter().enumerate() {
+        let p =
+            wait_patch_phase(cp, &ns, name, PatchPhase::Applied, Duration::from_secs(150)).await;
+        assert_eq!(
+            p.status.and_then(|s| s.applied_revision),
+            Some(i as u64 + 1),
+            "{name}"
+        );
+    }
+    assert_eq!(apply_jobs().await, parts);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_between_creating_a_job_and_recording_it_makes_no_second_job() {
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    let ns = cp.create_namespace("crash-controller").await;
+    let dir = cp.pvc_dir(&ns, "team-memory");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"),
+        &dir,
+    );
+    let token = "2026-11-30T21:00:00Z";
+    cp.apply_yaml(
+        &ns,
+        &format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {{name: team}}\nspec:\n  deletionPolicy: Delete\n  storage: {{size: 1Gi}}\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata:\n  name: nightly\n  annotations: {{reverie.dev/dream-now: \"{token}\"}}\nspec:\n  storeRef: {{name: team}}\n  schedule: \"0 3 * * *\"\n  suspend: true\n"),
+    );
+    let jobs: Api<Job> = Api::namespaced(cp.client(), &ns);
+    let count = |selector: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.list(&ListParams::default().labels(selector))
+                .await
+                .expect("jobs")
+                .items
+                .len()
+        }
+    };
+
+    // 1. Killed right after creating the dream-now Job.
+    let mut a = cp.spawn_controller("controller-a", &ns, &[], &blocking("dream-job-created"));
+    a.wait_line(&marker("dream-job-created"), WAIT).await;
+    a.kill();
+    let dream_job = reverie::controller::jobs::dream_now_job_name("nightly", token);
+    assert!(jobs.get_opt(&dream_job).await.expect("get").is_some());
+    let schedules: Api<reverie::api::DreamSchedule> = Api::namespaced(cp.client(), &ns);
+    let s = schedules.get("nightly").await.expect("schedule");
+    assert_eq!(
+        s.status.and_then(|s| s.last_dream_now),
+        None,
+        "the token was not recorded before the kill"
+    );
+
+    // 2. The next controller records the token without a second Job; the
+    //    dream publishes a patch; it is killed right after creating the
+    //    apply Job for it.
+    let mut b = cp.spawn_controller("controller-b", &ns, &[], &blocking("apply-job-created"));
+    let status = eventually("the token recorded and a patch proposed", WAIT, || async {
+        let s = schedules.get("nightly").await.map_err(|e| e.to_string())?;
+        let st = s.status.clone().unwrap_or_default();
+        match (&st.last_dream_now, &st.last_patch) {
+            (Some(t), Some(_)) if t == token => Ok(st),
+            _ => Err(format!("{st:?}")),
+        }
+    })
+    .await;
+    assert_eq!(count("reverie.dev/role=dream").await, 1);
+    let patch = status.last_patch.expect("patch");
+    cp.kubectl_ok(&[
+        "annotate",
+        "-n",
+        &ns,
+        "memorypatch",
+        &patch,
+        "reverie.dev/approval=approved",
+    ]);
+    b.wait_line(&marker("apply-job-created"), WAIT).await;
+    b.kill();
+    let p = Api::<MemoryPatch>::namespaced(cp.client(), &ns)
+        .get(&patch)
+        .await
+        .expect("patch");
+    assert_ne!(
+        p.status.and_then(|s| s.phase),
+        Some(PatchPhase::Applying),
+        "Applying was not recorded before the kill"
+    );
+
+    // 3. A clean controller finishes the loop: one dream Job, one apply
+    //    Job, the patch applied once, one journal record.
+    let _c = cp.spawn_controller("controller-c", &ns, &[], &[]);
+    let applied = wait_patch_phase(cp, &ns, &patch, PatchPhase::Applied, WAIT).await;
+    assert_eq!(applied.status.and_then(|s| s.applied_revision), Some(1));
+    assert_eq!(count("reverie.dev/role=dream").await, 1);
+    assert_eq!(count("reverie.dev/role=apply").await, 1);
+    let journal: Vec<String> = tree(&dir.join(".reverie/journal")).into_keys().collect();
+    assert_eq!(journal, vec!["0000000001.json".to_string()]);
+    assert!(output_text(&cp.kubectl(&["get", "jobs", "-n", &ns])).contains("-apply"));
 }

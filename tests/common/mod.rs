@@ -1118,6 +1118,8 @@ impl ControlPlane {
         let mut vars = vec![
             ("KUBECONFIG", self.kubeconfig.display().to_string()),
             ("RUST_LOG", "reverie=info".to_string()),
+            // Plain log lines (no colour codes) to search.
+            ("NO_COLOR", "1".to_string()),
         ];
         vars.extend(env.iter().cloned());
         Logged::spawn(name, Path::new(env!("CARGO_BIN_EXE_reverie")), &all, &vars)

@@ -1125,3 +1125,66 @@ impl ControlPlane {
         Logged::spawn(name, Path::new(env!("CARGO_BIN_EXE_reverie")), &all, &vars)
     }
 }
+
+impl ControlPlane {
+    /// Kills kube-apiserver (SIGKILL to its process group, as a crash
+    /// would), keeps it down for `down`, starts it again with the same
+    /// arguments (same port, same etcd, so every object survives) and waits
+    /// until it is ready. Returns how long it was unreachable in total.
+    ///
+    /// Every client of this control plane sees the outage: use it only in a
+    /// test binary of its own, and hold its tests apart from each other.
+    pub async fn restart_apiserver(&self, down: Duration) -> Duration {
+        let started = Instant::now();
+        let (program, args) = {
+            let mut servers = self.lock_servers();
+            let Some(i) = servers.iter().position(|s| s.name == "kube-apiserver") else {
+                panic!("no kube-apiserver among the servers of this control plane");
+            };
+            let pid = servers[i].child.id();
+            // The watchdog's command line is `sh -c <script> reverie-watchdog
+            // <program> <args…>`: the arguments to start it again with.
+            let cmdline = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+                Ok(c) => c,
+                Err(e) => panic!("cannot read the apiserver's command line (pid {pid}): {e}"),
+            };
+            let parts: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let Some(at) = parts.iter().position(|p| p == "reverie-watchdog") else {
+                panic!("unexpected apiserver command line: {parts:?}");
+            };
+            let program = PathBuf::from(&parts[at + 1]);
+            let args = parts[at + 2..].to_vec();
+            kill_group(pid, "KILL");
+            let mut old = servers.remove(i);
+            let _ = old.child.wait();
+            (program, args)
+        };
+        tokio::time::sleep(down).await;
+        let log = self.dir.join("kube-apiserver.restarted.log");
+        let file = match std::fs::File::create(&log) {
+            Ok(f) => f,
+            Err(e) => panic!("cannot create {}: {e}", log.display()),
+        };
+        let err = match file.try_clone() {
+            Ok(f) => f,
+            Err(e) => panic!("cannot reopen {}: {e}", log.display()),
+        };
+        let child = match watched(&program, &args).stdout(file).stderr(err).spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start kube-apiserver again: {e}"),
+        };
+        self.lock_servers().push(Server {
+            name: "kube-apiserver",
+            child,
+            log,
+        });
+        if let Err(e) = self.wait_ready().await {
+            panic!("kube-apiserver did not come back: {e}");
+        }
+        started.elapsed()
+    }
+}

@@ -149,6 +149,27 @@ fn store_arg(d: &tempfile::TempDir) -> &str {
     d.path().to_str().expect("utf-8 path")
 }
 
+/// `reverie memory apply -o json` of patch `p` on store `s`.
+fn apply_cmd(s: &tempfile::TempDir, p: &Path, fault: Option<&str>) -> Command {
+    let args = [
+        "memory",
+        "apply",
+        "--store",
+        store_arg(s),
+        p.to_str().expect("utf-8"),
+        "-o",
+        "json",
+    ];
+    reverie(&args, fault, &[])
+}
+
+/// Runs `cmd` to its end; asserts it succeeded; returns its JSON output.
+fn run_ok(cmd: Command, what: &str) -> serde_json::Value {
+    let (code, out, err) = finish(cmd);
+    assert_eq!(code, Some(0), "{what}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {out}"))
+}
+
 /// The number of journal records `reverie memory log` lists (it opens the
 /// store, which rolls an interrupted write forward).
 fn log_len(d: &tempfile::TempDir) -> usize {
@@ -191,18 +212,7 @@ fn apply_killed_at_every_fault_point_is_old_or_new_and_converges() {
     // The new revision, from a run nobody kills.
     let clean = store();
     let p = patch_file(clean.path());
-    let (code, _, err) = finish(reverie(
-        &[
-            "memory",
-            "apply",
-            "--store",
-            store_arg(&clean),
-            p.to_str().expect("utf-8"),
-        ],
-        None,
-        &[],
-    ));
-    assert_eq!(code, Some(0), "{err}");
+    run_ok(apply_cmd(&clean, &p, None), "clean apply");
     let new = tree(&clean.path().join("memories"));
     let old = tree(&store().path().join("memories"));
     assert_ne!(old, new);
@@ -211,19 +221,7 @@ fn apply_killed_at_every_fault_point_is_old_or_new_and_converges() {
     for point in FAULT_POINTS {
         let s = store();
         let p = patch_file(s.path());
-        let child = reverie(
-            &[
-                "memory",
-                "apply",
-                "--store",
-                store_arg(&s),
-                p.to_str().expect("utf-8"),
-            ],
-            Some(point),
-            &[],
-        )
-        .spawn()
-        .expect("spawn");
+        let child = apply_cmd(&s, &p, Some(point)).spawn().expect("spawn");
         kill_at_fault(child, point);
         let raw = tree(&s.path().join("memories"));
         raw_states.push(format!("{point}: {}", classify(&raw, &old, &new)));
@@ -245,21 +243,7 @@ fn apply_killed_at_every_fault_point_is_old_or_new_and_converges() {
         );
 
         // The rerun (the apply Job's next attempt) converges on revision 1.
-        let (code, out, err) = finish(reverie(
-            &[
-                "memory",
-                "apply",
-                "--store",
-                store_arg(&s),
-                p.to_str().expect("utf-8"),
-                "-o",
-                "json",
-            ],
-            None,
-            &[],
-        ));
-        assert_eq!(code, Some(0), "{point}: {err}");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("outcome json");
+        let v = run_ok(apply_cmd(&s, &p, None), point);
         assert_eq!(v["revision"], 1, "{point}: {v}");
         assert_eq!(v["alreadyApplied"], *point != "mid-intent", "{point}: {v}");
         assert_eq!(tree(&s.path().join("memories")), new, "{point}");
@@ -281,18 +265,7 @@ fn rollback_killed_at_every_fault_point_is_old_or_new_and_converges() {
     for point in FAULT_POINTS {
         let s = store();
         let p = patch_file(s.path());
-        let (code, _, err) = finish(reverie(
-            &[
-                "memory",
-                "apply",
-                "--store",
-                store_arg(&s),
-                p.to_str().expect("utf-8"),
-            ],
-            None,
-            &[],
-        ));
-        assert_eq!(code, Some(0), "{err}");
+        run_ok(apply_cmd(&s, &p, None), point);
         let applied = tree(&s.path().join("memories"));
         let rollback = [
             "memory",
@@ -320,29 +293,13 @@ fn rollback_killed_at_every_fault_point_is_old_or_new_and_converges() {
             assert_eq!(records, 2, "{point}");
         }
 
-        let (code, out, err) = finish(reverie(&rollback, None, &[]));
-        assert_eq!(code, Some(0), "{point}: {err}");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("outcome json");
+        let v = run_ok(reverie(&rollback, None, &[]), point);
         assert_eq!(v["revision"], 2, "{point}: {v}");
         assert_eq!(tree(&s.path().join("memories")), before, "{point}");
         assert_eq!(log_len(&s), 2, "{point}: exactly one rollback record");
         assert_no_leftovers(&s, point);
         // The rolled-back patch applies again on top.
-        let (code, out, err) = finish(reverie(
-            &[
-                "memory",
-                "apply",
-                "--store",
-                store_arg(&s),
-                p.to_str().expect("utf-8"),
-                "-o",
-                "json",
-            ],
-            None,
-            &[],
-        ));
-        assert_eq!(code, Some(0), "{point}: {err}");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("outcome json");
+        let v = run_ok(apply_cmd(&s, &p, None), point);
         assert_eq!(v["revision"], 3, "{point}: {v}");
         assert_eq!(tree(&s.path().join("memories")), applied, "{point}");
     }

@@ -510,6 +510,10 @@ async fn dream_killed_mid_publish_leaves_no_approvable_half_and_a_rerun_complete
         );
     }
     assert_eq!(apply_jobs().await, parts);
+    eprintln!(
+        "split patch of {} ops in {parts} parts: killed after part 1 (1 part visible, Pending/IncompleteGroup, not approved), rerun killed before its result ({parts} parts, same names), third run wrote the result; {parts} apply Jobs, revisions 1..={parts}",
+        result["ops"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -334,3 +334,53 @@ fn two_appliers_at_once_serialise_with_a_consistent_journal() {
         waits.len()
     );
 }
+
+#[test]
+fn a_tool_write_queued_behind_an_apply_that_dies_sees_the_rolled_forward_file() {
+    // An intent as a killed apply leaves it: made on a twin store.
+    let twin = store();
+    let mut killed = apply_cmd(twin.path(), &patch(twin.path()))
+        .env(FAULT_ENV, "after-intent")
+        .env(FAULT_ACTION_ENV, "block")
+        .spawn()
+        .expect("spawn apply");
+    let stderr = killed.stderr.take().expect("stderr");
+    let reached = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .any(|l| l.contains(FAULT_REACHED));
+    assert!(reached, "the apply did not reach its fault point");
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reap");
+    let intent = std::fs::read(twin.path().join(".reverie/intent.json")).expect("intent");
+
+    // The store: an apply holds the lock (here: this thread) when the tool
+    // has already opened the store and queues for the lock; the apply
+    // records its intent and dies; the tool gets the lock.
+    let s = store();
+    let root = s.path().to_path_buf();
+    let opened = reverie::memory::Store::open(&root).expect("open");
+    let held = reverie::memory::lock::StoreLock::acquire(&opened).expect("lock");
+    let tool = MemoryTool {
+        stores: vec![StoreMount {
+            name: "team".to_string(),
+            root: root.clone(),
+            read_only: false,
+        }],
+    };
+    let writer = std::thread::spawn(move || {
+        tool.call(&serde_json::json!({"command": "str_replace", "path": "/memories/team/notes.md", "old_str": PORT, "new_str": "The API port is 7070."}))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(root.join(".reverie/intent.json"), intent).expect("intent");
+    drop(held);
+    let result = writer.join().expect("writer");
+
+    // The tool edited the new revision: its old_str was gone, so it wrote
+    // nothing, and no later recovery can bring the old write back over it.
+    assert!(result.is_error, "{result:?}");
+    assert!(result.content.contains("not found"), "{result:?}");
+    reverie::memory::Store::open(&root).expect("reopen");
+    let notes = read(&root, "notes.md").expect("notes");
+    assert!(notes.contains("The API port is 9090."), "{notes}");
+    assert!(!root.join(".reverie/intent.json").exists());
+}

@@ -211,6 +211,42 @@ pub fn prepare(
     patch
 }
 
+/// Whether a patch may still be approved or applied (not in a final phase).
+fn is_open(p: &MemoryPatch) -> bool {
+    !p.status.as_ref().and_then(|s| s.phase).is_some_and(|ph| {
+        matches!(
+            ph,
+            PatchPhase::Rejected
+                | PatchPhase::Applied
+                | PatchPhase::Conflicted
+                | PatchPhase::Failed
+        )
+    })
+}
+
+/// The base name and group label of an open group in `existing` that an
+/// interrupted publish of the same proposal left (one of its parts has the
+/// spec of one of `parts`, at the same position). The engine's names carry
+/// the minute, so a rerun would otherwise start a second, equally
+/// incomplete group under another name.
+pub fn interrupted_group(
+    parts: &[MemoryPatch],
+    existing: &[MemoryPatch],
+) -> Option<(String, String)> {
+    if parts.len() < 2 {
+        return None;
+    }
+    existing.iter().filter(|p| is_open(p)).find_map(|p| {
+        let group = p.labels().get(GROUP_LABEL)?;
+        let i = parts.iter().position(|part| part.spec == p.spec)?;
+        let base = p
+            .name_any()
+            .strip_suffix(&format!("-part-{}", i + 1))?
+            .to_string();
+        Some((base, group.clone()))
+    })
+}
+
 /// Creates `patch` (split as needed) in `namespace`, owned by the store.
 /// Returns the names; no objects when the patch has no ops.
 pub async fn publish(
@@ -234,40 +270,14 @@ pub async fn publish(
         .list(&kube::api::ListParams::default().labels(&format!("{STORE_LABEL}={store}")))
         .await?
         .items;
-    let open = |p: &&MemoryPatch| {
-        !p.status.as_ref().and_then(|s| s.phase).is_some_and(|ph| {
-            matches!(
-                ph,
-                PatchPhase::Rejected
-                    | PatchPhase::Applied
-                    | PatchPhase::Conflicted
-                    | PatchPhase::Failed
-            )
-        })
-    };
     let mut parts = split(&prepared, MAX_PATCH_BYTES)?;
-    if parts.len() > 1 {
-        // An interrupted publish of the same proposal (under another name:
-        // the engine's names carry the minute) left part of a group: take
-        // its names, so that the rerun completes it instead of starting a
-        // second, equally incomplete one.
-        let adopted = existing.iter().filter(open).find_map(|p| {
-            let group = p.labels().get(GROUP_LABEL)?;
-            let i = parts.iter().position(|part| part.spec == p.spec)?;
-            let base = p
-                .name_any()
-                .strip_suffix(&format!("-part-{}", i + 1))?
-                .to_string();
-            Some((base, group.clone()))
-        });
-        if let Some((base, group)) = adopted {
-            tracing::info!(
-                namespace,
-                group,
-                "completing an interrupted group of patch parts"
-            );
-            name_parts(&mut parts, &base, &group);
-        }
+    if let Some((base, group)) = interrupted_group(&parts, &existing) {
+        tracing::info!(
+            namespace,
+            group,
+            "completing an interrupted group of patch parts"
+        );
+        name_parts(&mut parts, &base, &group);
     }
     let mut names = Vec::new();
     for (i, part) in parts.into_iter().enumerate() {
@@ -283,7 +293,7 @@ pub async fn publish(
         }
         if let Some(same) = existing
             .iter()
-            .filter(open)
+            .filter(|p| is_open(p))
             .find(|p| p.spec == part.spec && !p.labels().contains_key(GROUP_LABEL))
         {
             tracing::info!(
@@ -403,6 +413,37 @@ mod tests {
             .get_or_insert_with(BTreeMap::new)
             .insert(PARTS_ANNOTATION.to_string(), "many".to_string());
         assert!(incomplete_group(&broken, &parts).is_some());
+    }
+
+    #[test]
+    fn a_rerun_adopts_the_names_of_an_interrupted_group() {
+        let parts = split(&patch(300, 10_000), MAX_PATCH_BYTES).expect("split");
+        // The first run, a minute earlier, created part 2 under its name.
+        let mut earlier = parts[1].clone();
+        earlier.metadata.name = Some("team-20261130-0259-ffff-part-2".to_string());
+        earlier
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                GROUP_LABEL.to_string(),
+                "team-20261130-0259-ffff".to_string(),
+            );
+        assert_eq!(
+            interrupted_group(&parts, std::slice::from_ref(&earlier)),
+            Some((
+                "team-20261130-0259-ffff".to_string(),
+                "team-20261130-0259-ffff".to_string()
+            ))
+        );
+        // A finished group, or a whole patch, is not adopted.
+        let mut done = earlier.clone();
+        done.status = Some(crate::api::MemoryPatchStatus {
+            phase: Some(PatchPhase::Applied),
+            ..Default::default()
+        });
+        assert_eq!(interrupted_group(&parts, &[done]), None);
+        assert_eq!(interrupted_group(&parts[..1], &[earlier]), None);
     }
 
     #[test]

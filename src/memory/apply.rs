@@ -414,10 +414,8 @@ fn create_dirs(base: &std::path::Path, dir: &std::path::Path) -> Result<(), Stor
 }
 
 /// Rolls a leftover intent forward and removes a half-written one. The
-/// caller holds the store lock (a writer that takes the lock itself, like
-/// the memory tool, calls this before reading a file: an intent left by a
-/// killed apply would otherwise be rolled forward over its write later).
-pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
+/// caller holds the store lock.
+fn recover_locked(store: &Store) -> Result<(), StoreError> {
     let dir = store.state_dir();
     let path = dir.join(INTENT_FILE);
     let tmp = temp_path(&path);
@@ -437,6 +435,11 @@ pub(crate) fn recover_locked(store: &Store) -> Result<(), StoreError> {
         "rolling forward a write interrupted by a crash"
     );
     roll_forward(store, &intent)
+}
+
+/// Rolls forward a leftover intent; the caller holds the store lock.
+pub(crate) fn recover_with_lock(store: &Store) -> Result<(), StoreError> {
+    recover_locked(store)
 }
 
 /// Rolls forward an interrupted write, if there is one (taking the lock

@@ -8,7 +8,7 @@
 //! same checks. Read-only stores refuse writes. Writes to a store take its
 //! `StoreLock`, so they never interleave with a patch being applied.
 
-use crate::memory::apply::recover_locked;
+use crate::memory::apply::recover_with_lock;
 use crate::memory::layout::{check_memory_path, resolve_no_symlinks, MEMORIES};
 use crate::memory::lock::StoreLock;
 use crate::memory::store::Store;
@@ -283,7 +283,7 @@ impl MemoryTool {
 /// revision, and no later recovery can replay the old intent over its edit.
 fn lock_recovered(store: &Store) -> Result<StoreLock, String> {
     let lock = StoreLock::acquire(store).map_err(|e| e.to_string())?;
-    recover_locked(store).map_err(|e| e.to_string())?;
+    recover_with_lock(store).map_err(|e| e.to_string())?;
     Ok(lock)
 }
 

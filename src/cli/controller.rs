@@ -34,6 +34,15 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub lease_identity: Option<String>,
+    /// How long the Lease stays valid without renewal (seconds, `15s`);
+    /// a standby replica takes over at most about this long after the
+    /// leader stops renewing.
+    #[arg(long, default_value = "15s", value_parser = leader::parse_seconds)]
+    pub lease_duration: std::time::Duration,
+    /// How often the leader renews the Lease (and a standby looks at it);
+    /// at most half of `--lease-duration`.
+    #[arg(long, default_value = "5s", value_parser = leader::parse_seconds)]
+    pub lease_renew_every: std::time::Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `off` serves nothing.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
@@ -67,7 +76,11 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 .lease_identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .context("--leader-elect needs --lease-identity (or POD_NAME or HOSTNAME)")?;
-            Some(LeaseConfig::new(&args.lease_name, &namespace, &identity))
+            Some(
+                LeaseConfig::new(&args.lease_name, &namespace, &identity)
+                    .with_timings(args.lease_duration, args.lease_renew_every)
+                    .map_err(|e| anyhow::anyhow!("--lease-renew-every: {e}"))?,
+            )
         } else {
             None
         };

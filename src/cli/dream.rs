@@ -71,6 +71,11 @@ pub struct DreamArgs {
     /// to this file (the pod's termination log, which the operator reads).
     #[arg(long, value_name = "FILE")]
     pub termination_log: Option<PathBuf>,
+    /// After the dream (and its publication), remove the oldest transcripts
+    /// beyond the newest N from `sessions/` (MemoryStore
+    /// `retention.sessions`). Off unless given.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_sessions: Option<u32>,
     /// The optional LLM pass (off unless `--llm-provider` is given).
     #[command(flatten)]
     pub llm: crate::dream::llm::LlmArgs,
@@ -289,6 +294,19 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
         Some(c) => c.publish(patch.clone())?,
         None => Vec::new(),
     };
+    if let Some(keep) = args.keep_sessions {
+        // Only after the patch is out: the removed transcripts were read.
+        let store = crate::memory::Store::open(&args.store)
+            .with_context(|| format!("opening store {}", args.store.display()))?;
+        let report = crate::memory::retention::prune(&store, None, Some(keep))
+            .with_context(|| format!("removing old transcripts from {}", args.store.display()))?;
+        if !report.sessions_removed.is_empty() {
+            eprintln!(
+                "retention: removed {} transcript(s) beyond the newest {keep}",
+                report.sessions_removed.len()
+            );
+        }
+    }
     if let Some(path) = &args.termination_log {
         let stats = crate::memory::Store::open(&args.store)
             .and_then(|s| s.stats())

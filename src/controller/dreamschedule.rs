@@ -360,6 +360,7 @@ async fn dream_now(
         .await
     {
         Ok(_) => {
+            crate::memory::apply::fault_point("dream-job-created");
             tracing::info!(
                 namespace = ns,
                 name,

@@ -258,6 +258,10 @@ pub fn dream_args(schedule: &DreamSchedule, store: &MemoryStore, namespace: &str
         args.push("--instructions".to_string());
         args.push(instructions.join("\n\n"));
     }
+    if let Some(keep) = store.spec.retention.as_ref().and_then(|r| r.sessions) {
+        args.push("--keep-sessions".to_string());
+        args.push(keep.to_string());
+    }
     if let Some(limits) = &store.spec.limits {
         if let Some(b) = limits.max_bytes {
             args.push("--max-bytes".to_string());
@@ -400,13 +404,14 @@ pub fn apply_job(
     claim: &str,
     image: &str,
     service_account: &str,
+    keep_revisions: Option<u32>,
 ) -> Result<Job, Error> {
     let ns = patch.namespace().unwrap_or_default();
     let name = patch.name_any();
     let mut labels = store_labels(&patch.spec.store_ref.name);
     labels.insert(PATCH_LABEL.to_string(), name.clone());
     labels.insert(ROLE_LABEL.to_string(), "apply".to_string());
-    let args = [
+    let mut args: Vec<String> = [
         "memory",
         "apply",
         "--store",
@@ -421,6 +426,9 @@ pub fn apply_job(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(keep) = keep_revisions {
+        args.extend(["--keep-revisions".to_string(), keep.to_string()]);
+    }
     let pod = store_pod(image, service_account, claim, "apply", args, Vec::new());
     Ok(Job {
         metadata: ObjectMeta {
@@ -619,6 +627,18 @@ mod tests {
     }
 
     #[test]
+    fn retention_reaches_the_dream_and_apply_pods() {
+        let mut s = store();
+        assert!(!dream_args(&schedule(), &s, "ns").contains(&"--keep-sessions".to_string()));
+        s.spec.retention = Some(crate::api::memorystore::Retention {
+            sessions: Some(50),
+            revisions: Some(20),
+        });
+        let args = dream_args(&schedule(), &s, "ns");
+        assert!(args.windows(2).any(|w| w == ["--keep-sessions", "50"]));
+    }
+
+    #[test]
     fn existing_claim_is_adopted() {
         let mut s = store();
         s.spec.storage.existing_claim = Some("old-claim".to_string());
@@ -775,7 +795,7 @@ mod tests {
             },
         );
         p.metadata = meta("team-20261130-abcd");
-        let job = apply_job(&p, "team-memory", "img", "sa").expect("job");
+        let job = apply_job(&p, "team-memory", "img", "sa", Some(20)).expect("job");
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("team-20261130-abcd-apply")
@@ -790,6 +810,7 @@ mod tests {
             .windows(2)
             .any(|w| w == ["--from-cluster", "ns/team-20261130-abcd"]));
         assert!(args.windows(2).any(|w| w == ["--output", "json"]));
+        assert!(args.windows(2).any(|w| w == ["--keep-revisions", "20"]));
     }
 
     #[test]

@@ -211,6 +211,14 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
     let job_name = apply_job_name(&name);
     let job = jobs.get_opt(&job_name).await?;
 
+    // A part of a split patch waits until its whole group exists (a dream
+    // killed mid-publish must not leave half a proposal approvable).
+    let gap = if job.is_none() && decision(&patch) != Decision::Rejected {
+        super::publish::group_gap(client, &ns, &patch).await?
+    } else {
+        None
+    };
+
     let next = if let Some(job) = job {
         // An apply ran or runs: its result is the patch's fate.
         let state = job_state(&job);
@@ -251,6 +259,14 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
                 format!("MemoryStore {store_name} not found in namespace {ns}"),
             ),
         )
+    } else if let Some(waiting) = gap {
+        let mut n = Next::new(
+            PatchPhase::Pending,
+            waiting.clone(),
+            Health::reconciling("IncompleteGroup", waiting),
+        );
+        n.requeue = Some(Duration::from_secs(10));
+        n
     } else {
         match decision(&patch) {
             Decision::Rejected => {
@@ -294,12 +310,14 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
                             &claim_name(store),
                             &ctx.config.image,
                             &ctx.config.worker_service_account,
+                            store.spec.retention.as_ref().and_then(|r| r.revisions),
                         )?;
                         match jobs.create(&PostParams::default(), &job).await {
                             Ok(_) => {}
                             Err(kube::Error::Api(s)) if s.code == 409 => {}
                             Err(e) => return Err(e.into()),
                         }
+                        crate::memory::apply::fault_point("apply-job-created");
                         tracing::info!(namespace = ns, name, job = job_name, "apply job created");
                         Next::new(
                             PatchPhase::Applying,

@@ -6,50 +6,56 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::reverie::{free_addr, http_get, sample, wait_ready};
-use common::{eventually, ControlPlane};
+use common::{eventually, ControlPlane, Logged};
 use reverie::api::MemoryStore;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A running `reverie controller`, killed when dropped.
+/// A running `reverie controller` and where it serves its endpoints.
 struct Controller {
-    child: Child,
-    log: PathBuf,
+    process: Logged,
     addr: SocketAddr,
 }
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `reverie controller --log-format json` for `ns`, competing for
-/// the Lease `reverie-test` in `ns` as `identity`; stderr goes to a file.
-fn start(cp: &ControlPlane, ns: &str, identity: &str) -> Controller {
+/// the Lease `reverie-test` in `ns` as `identity`.
+fn start(ns: &str, identity: &str, kubeconfig: &Path) -> Controller {
     let addr = free_addr();
-    let log = cp.dir().join(format!("{ns}-{identity}.log"));
-    let stderr = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_reverie"))
-        .args(["controller", "--log-format", "json", "--log", "info"])
-        .args(["--namespace", ns, "--image", "reverie:test"])
-        .args(["--metrics-addr", &addr.to_string()])
-        .args(["--leader-elect", "--lease-name", "reverie-test"])
-        .args(["--lease-namespace", ns, "--lease-identity", identity])
-        .env("KUBECONFIG", cp.kubeconfig_path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("start reverie controller");
-    Controller { child, log, addr }
+    let args: Vec<String> = [
+        "controller",
+        "--log-format",
+        "json",
+        "--log",
+        "info",
+        "--namespace",
+        ns,
+        "--image",
+        "reverie:test",
+        "--metrics-addr",
+        &addr.to_string(),
+        "--leader-elect",
+        "--lease-name",
+        "reverie-test",
+        "--lease-namespace",
+        ns,
+        "--lease-identity",
+        identity,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let process = Logged::spawn(
+        &format!("controller {identity}"),
+        Path::new(env!("CARGO_BIN_EXE_reverie")),
+        &args,
+        &[("KUBECONFIG", kubeconfig.display().to_string())],
+    );
+    Controller { process, addr }
 }
 
 /// Waits until `path` answers `want` (status and body).
@@ -67,8 +73,7 @@ async fn wait_for(addr: SocketAddr, path: &str, want: (u16, &str)) {
     .await
 }
 
-fn lines(log: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(log).expect("read the log");
+fn lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
@@ -81,9 +86,9 @@ async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
     cp.install_crds().await;
     let ns = cp.create_namespace("metrics-bin").await;
 
-    let a = start(cp, &ns, "a");
+    let mut a = start(&ns, "a", cp.kubeconfig_path());
     wait_for(a.addr, "/readyz", (200, "ok: leader\n")).await;
-    let b = start(cp, &ns, "b");
+    let mut b = start(&ns, "b", cp.kubeconfig_path());
     wait_for(b.addr, "/readyz", (200, "ok: standby\n")).await;
     for c in [&a, &b] {
         assert_eq!(
@@ -114,10 +119,9 @@ async fn json_logs_name_the_object_and_readyz_tells_leader_from_standby() {
     assert_eq!(status, 200);
     assert_eq!(sample(&standby, ok), 0.0, "{standby}");
 
-    let log = a.log.clone();
-    drop(a);
-    drop(b);
-    let lines = lines(&log);
+    a.process.kill();
+    b.process.kill();
+    let lines = lines(&a.process.text());
     assert!(!lines.is_empty());
     for l in &lines {
         assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");

@@ -580,7 +580,11 @@ mod tests {
         let mut d = DreamSchedule::new(
             "nightly",
             DreamScheduleSpec {
-                store_ref: LocalRef::new("team"),
+                store_ref: Some(LocalRef::new("team")),
+                store_selector: None,
+                window: None,
+                skip_idle: true,
+                budget: None,
                 schedule: "0 3 * * *".to_string(),
                 time_zone: Some("Europe/Berlin".to_string()),
                 suspend: false,

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod memorypatch;
 pub mod memorystore;
 pub mod publish;
+pub mod scheduler;
 pub mod workers;
 pub mod writes;
 

@@ -284,6 +284,10 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
             revision: base,
             entries: stats.entries as u64,
             bytes: stats.bytes,
+            sessions: report.sessions,
+            llm_tokens: llm_report
+                .as_ref()
+                .map_or(0, |r| r.input_tokens + r.output_tokens),
         };
         let real = crate::pathmap::translate(path);
         std::fs::write(&real, serde_json::to_string(&result)?)

@@ -513,6 +513,12 @@ pub struct DreamResult {
     pub entries: u64,
     #[serde(default)]
     pub bytes: u64,
+    /// Sessions the dream read.
+    #[serde(default)]
+    pub sessions: u64,
+    /// Tokens the LLM pass used (input + output).
+    #[serde(default)]
+    pub llm_tokens: u64,
 }
 
 /// The JSON an apply pod writes to its termination log: the apply outcome,

@@ -29,6 +29,11 @@ pub struct PublishResult {
     pub revision: u64,
     pub entries: u64,
     pub bytes: u64,
+    /// Sessions the dream read.
+    pub sessions: usize,
+    /// Tokens (input + output) the LLM pass used, counted against a
+    /// schedule's `budget.tokensPerHour`.
+    pub llm_tokens: u64,
 }
 
 fn size_of(patch: &MemoryPatch) -> Result<usize, Error> {

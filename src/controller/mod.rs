@@ -12,6 +12,7 @@ pub mod status;
 
 // The dream loop: stores, schedules, patches and the pods they start.
 pub mod dreamschedule;
+pub mod fleet;
 pub mod jobs;
 pub mod memorypatch;
 pub mod memorystore;
@@ -82,6 +83,7 @@ pub fn dream_loop_controllers(
     vec![
         memorystore::run(ctx.clone()).boxed(),
         dreamschedule::run(ctx.clone()).boxed(),
+        fleet::run(ctx.clone()).boxed(),
         memorypatch::run(ctx).boxed(),
     ]
 }

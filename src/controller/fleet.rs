@@ -227,15 +227,23 @@ fn plan(
     // Token budget: tokens of this schedule's dreams that ended in the last hour.
     let limit = spec.budget.as_ref().map(|b| b.tokens_per_hour);
     let usage: Vec<(DateTime<Utc>, u64)> = if limit.is_some() {
+        let mut by_job: BTreeMap<(Option<String>, &str), Vec<&Arc<Pod>>> = BTreeMap::new();
+        for p in pods {
+            if let Some(job) = p.labels().get("job-name") {
+                by_job
+                    .entry((p.namespace(), job.as_str()))
+                    .or_default()
+                    .push(p);
+            }
+        }
         mine.values()
             .filter(|j| job_state(j) != JobState::Running)
             .filter_map(|j| {
                 let ended = super::dreamschedule::finished_at(j).and_then(|t| to_chrono(&t))?;
                 let job_name = j.name_any();
-                let tokens = pods
+                let tokens = by_job
+                    .get(&(j.namespace(), job_name.as_str()))?
                     .iter()
-                    .filter(|p| p.namespace() == j.namespace())
-                    .filter(|p| p.labels().get("job-name") == Some(&job_name))
                     .filter_map(|p| pod_termination(p))
                     .find_map(|t| parse_result::<DreamResult>(&t.message))?
                     .llm_tokens;
@@ -354,6 +362,7 @@ fn plan(
     // same limits and budget.
     let token = new_dream_now_token(schedule);
     let mut token_done = None;
+    let mut blocked_token = false;
     if let Some(tok) = &token {
         let run = dream_now_run_key(tok);
         keep_runs.insert(run.clone());
@@ -380,6 +389,10 @@ fn plan(
         }
         if missing == 0 {
             token_done = Some(tok.clone());
+        }
+        if missing > 0 && budget_free_at.is_some() {
+            // Held back by the budget: the token is not done after this pass.
+            blocked_token = true;
         }
     }
     if let Some(last) = schedule
@@ -446,7 +459,7 @@ fn plan(
         counts,
         wake,
         keep_runs,
-        token,
+        token: token.filter(|_| !blocked_token),
     }
 }
 
@@ -637,7 +650,7 @@ async fn write(ctx: &Context, plan: &mut Plan, memory: &mut Memory) -> Option<Da
         return None;
     }
     let reason = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
-        c.first().map(|c| (c.reason.clone(), c.message.clone()))
+        c.first().map(|c| c.reason.clone())
     };
     let key = (
         schedule.namespace().unwrap_or_default(),
@@ -917,6 +930,55 @@ mod tests {
         )]));
         let p = plan(&Arc::new(forced), &stores[..2], &[], &[], &[], now);
         assert_eq!(p.due.len(), 4, "2 of the cycle and 2 of dream-now");
+    }
+
+    #[test]
+    fn plan_delays_dreams_over_the_token_budget() {
+        let stores = vec![store("s0", &[("tier", "a")]), store("s1", &[("tier", "a")])];
+        let now = t("2026-11-30T10:59:00Z");
+        let run = cycle_run_key(t("2026-11-30T10:00:00Z").timestamp());
+        let job_name = fleet_job_name("fleet", "s0", &run);
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": job_name, "namespace": "ns",
+                         "labels": {SCHEDULE_LABEL: "fleet", STORE_LABEL: "s0", RUN_LABEL: run, ROLE_LABEL: "dream"}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-30T10:20:00Z"}
+        }))
+        .expect("job");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": job_name}},
+            "status": {"containerStatuses": [{"name": "dream", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 0,
+                "message": "{\"patches\":[],\"ops\":0,\"revision\":0,\"entries\":1,\"bytes\":9,\"sessions\":3,\"llmTokens\":1500}"}}}]}
+        }))
+        .expect("pod");
+        let llm = serde_json::json!({"llm": {"provider": "openai", "name": "m", "apiKeySecretRef": {"name": "k", "key": "k"}}});
+        let mut over = llm.clone();
+        over["budget"] = serde_json::json!({"tokensPerHour": 1000});
+        let p = plan(
+            &schedule(over),
+            &stores,
+            &[Arc::new(job.clone())],
+            &[Arc::new(pod.clone())],
+            &[],
+            now,
+        );
+        assert_eq!((p.counts.succeeded, p.counts.delayed_budget), (1, 1));
+        assert!(p.due.is_empty());
+        assert_eq!(p.status.tokens_last_hour, Some(1500));
+        // The next tick (11:00) comes before the budget frees up (11:20).
+        assert_eq!(p.wake, Some(t("2026-11-30T11:00:00Z")));
+        assert!(matches!(p.health, Health::Ready { ref reason, .. } if reason == "DelayedBudget"));
+        let mut under = llm;
+        under["budget"] = serde_json::json!({"tokensPerHour": 2000});
+        let p = plan(
+            &schedule(under),
+            &stores,
+            &[Arc::new(job)],
+            &[Arc::new(pod)],
+            &[],
+            now,
+        );
+        assert_eq!((p.counts.delayed_budget, p.due.len()), (0, 1));
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! `FLEET_LIMIT` (default 20 dreams at once), `FLEET_WINDOW` (default 100s,
 //! with a tick every 2 minutes).
 
+// The control-plane helpers of the integration tests; their own unit
+// tests import what only a test harness uses.
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
+#[allow(unused_imports)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -15,12 +15,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::node::TestNode;
+use common::reverie::ControllerProcess;
 use common::{eventually, ControlPlane};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
@@ -28,15 +28,6 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use reverie::api::{DreamSchedule, MemoryStore};
-
-struct ControllerProcess(Child);
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -123,18 +114,14 @@ fn main() {
                 .expect("seed");
             yaml.push_str(&format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata:\n  name: {name}\n  labels: {{tier: fleet}}\nspec:\n  storage: {{size: 10Mi}}\n---\n"));
         }
-        let log = std::fs::File::create(cp.dir().join("controller-bench.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_reverie"))
-            .args(["controller", "--image", "reverie", "--namespace", &ns, "--metrics-addr", "off"])
-            .args(["--max-concurrent-dreams", &limit.to_string()])
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("controller");
-        let pid = child.id();
-        let _controller = ControllerProcess(child);
+        let limit_flag = limit.to_string();
+        let controller = ControllerProcess::start(
+            cp,
+            &ns,
+            &["--max-concurrent-dreams", limit_flag.as_str()],
+            "warn",
+        );
+        let pid = controller.pid();
         let t0 = Instant::now();
         // In chunks: one kubectl call per 200 stores.
         for chunk in yaml.split_inclusive("---\n").collect::<Vec<_>>().chunks(200) {

@@ -9,14 +9,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::node::TestNode;
-use common::reverie::is_ready;
+use common::reverie::{is_ready, ControllerProcess};
 use common::{eventually, ControlPlane};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -26,40 +26,6 @@ use reverie::api::{DreamSchedule, MemoryStore};
 
 const STORES: usize = 50;
 const LIMIT: usize = 3;
-
-/// The `reverie controller` process; killed when dropped.
-struct ControllerProcess(Child);
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_controller(cp: &ControlPlane, ns: &str) -> ControllerProcess {
-    let log = std::fs::File::create(cp.dir().join(format!("controller-{ns}.log")))
-        .expect("controller log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_reverie"))
-        .args([
-            "controller",
-            "--image",
-            "reverie",
-            "--namespace",
-            ns,
-            "--metrics-addr",
-            "off",
-            "--max-concurrent-dreams",
-            &LIMIT.to_string(),
-        ])
-        .env("KUBECONFIG", cp.kubeconfig_path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start reverie controller");
-    ControllerProcess(child)
-}
 
 fn store_yaml(name: &str, labelled: bool) -> String {
     let labels = if labelled {
@@ -157,7 +123,13 @@ async fn fifty_stores_dream_once_per_cycle_under_the_cluster_limit() {
     let _node = TestNode::shared().await;
     cp.install_crds().await;
     let ns = cp.create_namespace("fleet").await;
-    let _controller = start_controller(cp, &ns);
+    let limit = LIMIT.to_string();
+    let _controller = ControllerProcess::start(
+        cp,
+        &ns,
+        &["--max-concurrent-dreams", limit.as_str()],
+        "info",
+    );
 
     // 50 labelled stores and one that is labelled later, each with a small
     // memory and no sessions (a dream takes a fraction of a second, so the
@@ -356,6 +328,40 @@ async fn fifty_stores_dream_once_per_cycle_under_the_cluster_limit() {
         offsets.len() >= 10,
         "the dreams are spread over the window: {offsets:?}"
     );
+
+    // `kubectl reverie status` lists every selected store's next run, from
+    // the controller's placement: the same offset in the next cycle.
+    let out = Command::new(env!("CARGO_BIN_EXE_reverie"))
+        .args([
+            "plugin",
+            "status",
+            "dreamschedule/fleet",
+            "-n",
+            ns.as_str(),
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .output()
+        .expect("reverie plugin status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let listed = report["runs"].as_array().expect("runs");
+    assert_eq!(listed.len(), STORES + 1, "{report}");
+    for run in listed {
+        let store = run["store"].as_str().expect("store");
+        let at = DateTime::parse_from_rfc3339(run["nextRun"].as_str().expect("nextRun"))
+            .expect("time")
+            .with_timezone(&Utc);
+        let offset = at.timestamp_millis().rem_euclid(60_000);
+        if let Some((o, _)) = cycle2.get(store) {
+            assert_eq!(offset, *o, "{store}: status and controller disagree");
+        }
+    }
 
     stop.store(true, Ordering::SeqCst);
     let worst = sampler.await.expect("sampler");

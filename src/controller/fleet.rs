@@ -857,11 +857,7 @@ mod tests {
         )
     }
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("time")
-            .with_timezone(&Utc)
-    }
+    use crate::controller::scheduler::utc as t;
 
     #[test]
     fn plan_places_selected_stores_and_skips_idle_ones() {

@@ -355,19 +355,9 @@ pub fn dream_cron_job(
                     labels: Some(labels.clone()),
                     ..Default::default()
                 }),
-                spec: Some(JobSpec {
-                    // A dream is cheap to redo at the next tick; retries
-                    // would only repeat a deterministic failure.
-                    backoff_limit: Some(0),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(labels),
-                            ..Default::default()
-                        }),
-                        spec: Some(pod),
-                    },
-                    ..Default::default()
-                }),
+                // A dream is cheap to redo at the next tick; retries would
+                // only repeat a deterministic failure.
+                spec: Some(run_once(labels, pod)),
             },
             ..Default::default()
         },
@@ -458,20 +448,26 @@ pub fn fleet_dream_job(
             owner_references: Some(vec![owner_ref(schedule)?]),
             ..Default::default()
         },
-        spec: Some(JobSpec {
-            // As for CronJob dreams: the next cycle redoes a failed dream.
-            backoff_limit: Some(0),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
+        // As for CronJob dreams: the next cycle redoes a failed dream.
+        spec: Some(run_once(labels, pod)),
         status: None,
     })
+}
+
+/// A Job spec that runs `pod` once (`backoffLimit: 0`), its pods labelled
+/// `labels`.
+fn run_once(labels: BTreeMap<String, String>, pod: PodSpec) -> JobSpec {
+    JobSpec {
+        backoff_limit: Some(0),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..Default::default()
+            }),
+            spec: Some(pod),
+        },
+        ..Default::default()
+    }
 }
 
 /// The Job that applies `patch` to the store's claim, owned by the patch.
@@ -510,19 +506,9 @@ pub fn apply_job(
             owner_references: Some(vec![owner_ref(patch)?]),
             ..Default::default()
         },
-        spec: Some(JobSpec {
-            // Exit 3 (conflict) and 2 (invalid) are final; a retry could
-            // only repeat them.
-            backoff_limit: Some(0),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
+        // Exit 3 (conflict) and 2 (invalid) are final; a retry could only
+        // repeat them.
+        spec: Some(run_once(labels, pod)),
         status: None,
     })
 }

@@ -394,16 +394,20 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
     labels_ok && exprs_ok
 }
 
+/// An RFC 3339 time in UTC, for the tests of scheduling code.
+#[cfg(test)]
+pub(crate) fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("time")
-            .with_timezone(&Utc)
-    }
+    use super::utc as t;
 
     #[test]
     fn next_and_latest_ticks() {

@@ -210,11 +210,7 @@ pub async fn read(
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("time")
-            .with_timezone(&Utc)
-    }
+    use crate::controller::scheduler::utc as t;
 
     fn store(name: &str, tier: &str) -> MemoryStore {
         serde_json::from_value(serde_json::json!({

@@ -314,6 +314,28 @@ pub fn dream_env(schedule: &DreamSchedule) -> Vec<EnvVar> {
         .collect()
 }
 
+/// The labels and pod of a dream of `schedule` over `store` in `ns`.
+fn dream_pod(
+    schedule: &DreamSchedule,
+    store: &MemoryStore,
+    ns: &str,
+    image: &str,
+    service_account: &str,
+) -> (BTreeMap<String, String>, PodSpec) {
+    let mut labels = store_labels(&store.name_any());
+    labels.insert(SCHEDULE_LABEL.to_string(), schedule.name_any());
+    labels.insert(ROLE_LABEL.to_string(), "dream".to_string());
+    let pod = store_pod(
+        image,
+        service_account,
+        &claim_name(store),
+        "dream",
+        dream_args(schedule, store, ns),
+        dream_env(schedule),
+    );
+    (labels, pod)
+}
+
 /// The CronJob that runs a schedule's dreams, owned by the schedule.
 pub fn dream_cron_job(
     schedule: &DreamSchedule,
@@ -322,18 +344,7 @@ pub fn dream_cron_job(
     service_account: &str,
 ) -> Result<CronJob, Error> {
     let ns = schedule.namespace().unwrap_or_default();
-    let store_name = store.name_any();
-    let mut labels = store_labels(&store_name);
-    labels.insert(SCHEDULE_LABEL.to_string(), schedule.name_any());
-    labels.insert(ROLE_LABEL.to_string(), "dream".to_string());
-    let pod = store_pod(
-        image,
-        service_account,
-        &claim_name(store),
-        "dream",
-        dream_args(schedule, store, &ns),
-        dream_env(schedule),
-    );
+    let (labels, pod) = dream_pod(schedule, store, &ns, image, service_account);
     let spec = &schedule.spec;
     let cron = CronJob {
         metadata: ObjectMeta {
@@ -424,18 +435,8 @@ pub fn fleet_dream_job(
 ) -> Result<Job, Error> {
     let ns = store.namespace().unwrap_or_default();
     let store_name = store.name_any();
-    let mut labels = store_labels(&store_name);
-    labels.insert(SCHEDULE_LABEL.to_string(), schedule.name_any());
-    labels.insert(ROLE_LABEL.to_string(), "dream".to_string());
+    let (mut labels, pod) = dream_pod(schedule, store, &ns, image, service_account);
     labels.insert(RUN_LABEL.to_string(), run.to_string());
-    let pod = store_pod(
-        image,
-        service_account,
-        &claim_name(store),
-        "dream",
-        dream_args(schedule, store, &ns),
-        dream_env(schedule),
-    );
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(fleet_job_name(&schedule.name_any(), &store_name, run)),

@@ -275,9 +275,11 @@ fn plan(
     if let Some(c) = cycle {
         let run = cycle_run_key(c.timestamp());
         keep_runs.insert(run.clone());
-        if let Some(prev) = cron.latest_at_or_before(c - chrono::Duration::minutes(1)) {
+        let prev = cron.latest_at_or_before(c - chrono::Duration::minutes(1));
+        if let Some(prev) = prev {
             keep_runs.insert(cycle_run_key(prev.timestamp()));
         }
+        let prev_run = prev.map(|p| (p, cycle_run_key(p.timestamp())));
         let ew = scheduler::effective_window(window, c, next);
         let after_next = next.and_then(|n| cron.next_after(n));
         for store in &selected {
@@ -314,10 +316,36 @@ fn plan(
                 Place::DelayedBudget
             } else {
                 let job = fleet_job_name(&name, &store_name, &run);
+                // A store whose dream of the previous cycle never started
+                // (the limits held it until the tick) queues at its place
+                // of that cycle, ahead of this cycle's: under overload the
+                // stores with late slots would otherwise never dream.
+                let queue_at = prev_run
+                    .as_ref()
+                    .filter(|(p, r)| {
+                        let prev_slot = scheduler::slot(
+                            *p,
+                            &ns,
+                            &store_name,
+                            scheduler::effective_window(window, *p, Some(c)),
+                        );
+                        prev_slot >= created
+                            && prev_slot >= store_created
+                            && !mine.contains_key(&(store_name.clone(), r.clone()))
+                    })
+                    .map(|(p, _)| {
+                        scheduler::slot(
+                            *p,
+                            &ns,
+                            &store_name,
+                            scheduler::effective_window(window, *p, Some(c)),
+                        )
+                    })
+                    .unwrap_or(slot);
                 Place::Due(
                     Due {
                         namespace: ns.clone(),
-                        slot,
+                        slot: queue_at,
                         id: job,
                     },
                     (*store).clone(),
@@ -975,6 +1003,53 @@ mod tests {
             now,
         );
         assert_eq!((p.counts.delayed_budget, p.due.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_store_starved_last_cycle_queues_first() {
+        let stores = vec![store("s0", &[("tier", "a")]), store("s1", &[("tier", "a")])];
+        let now = t("2026-11-30T10:59:00Z");
+        let prev = cycle_run_key(t("2026-11-30T09:00:00Z").timestamp());
+        // s0 dreamt in the 09:00 cycle, s1 never started.
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": fleet_job_name("fleet", "s0", &prev), "namespace": "ns",
+                         "labels": {SCHEDULE_LABEL: "fleet", STORE_LABEL: "s0", RUN_LABEL: prev, ROLE_LABEL: "dream"}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-30T09:20:00Z"}
+        }))
+        .expect("job");
+        let p = plan(
+            &schedule(serde_json::json!({})),
+            &stores,
+            &[Arc::new(job)],
+            &[],
+            &[],
+            now,
+        );
+        let by_store: BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)> = p
+            .due
+            .iter()
+            .map(|(d, s, _, at)| (s.name_any(), (d.slot, *at)))
+            .collect();
+        let (s0_queue, s0_slot) = by_store["s0"];
+        let (s1_queue, s1_slot) = by_store["s1"];
+        assert_eq!(s0_queue, s0_slot, "s0 queues at its own slot");
+        assert!(
+            s1_queue < t("2026-11-30T10:00:00Z"),
+            "s1 queues at its 09:00 place"
+        );
+        assert!(
+            s1_slot >= t("2026-11-30T10:00:00Z"),
+            "its Job still records this cycle's slot"
+        );
+        let order = scheduler::pick(
+            &p.due.iter().map(|(d, ..)| d.clone()).collect::<Vec<_>>(),
+            &BTreeMap::new(),
+            Limits {
+                cluster: Some(1),
+                per_namespace: None,
+            },
+        );
+        assert_eq!(p.due[order[0]].1.name_any(), "s1");
     }
 
     #[test]

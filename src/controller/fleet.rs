@@ -887,6 +887,16 @@ mod tests {
 
     use crate::controller::scheduler::utc as t;
 
+    /// A finished (Complete) fleet Job of store s0 of schedule `fleet`.
+    fn done_job(run: &str, completed: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": fleet_job_name("fleet", "s0", run), "namespace": "ns",
+                         "labels": {SCHEDULE_LABEL: "fleet", STORE_LABEL: "s0", RUN_LABEL: run, ROLE_LABEL: "dream"}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": completed}
+        }))
+        .expect("job")
+    }
+
     #[test]
     fn plan_places_selected_stores_and_skips_idle_ones() {
         let stores: Vec<Arc<MemoryStore>> = (0..20)
@@ -962,12 +972,7 @@ mod tests {
         let now = t("2026-11-30T10:59:00Z");
         let run = cycle_run_key(t("2026-11-30T10:00:00Z").timestamp());
         let job_name = fleet_job_name("fleet", "s0", &run);
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": job_name, "namespace": "ns",
-                         "labels": {SCHEDULE_LABEL: "fleet", STORE_LABEL: "s0", RUN_LABEL: run, ROLE_LABEL: "dream"}},
-            "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-30T10:20:00Z"}
-        }))
-        .expect("job");
+        let job = done_job(&run, "2026-11-30T10:20:00Z");
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": job_name}},
             "status": {"containerStatuses": [{"name": "dream", "image": "i", "imageID": "", "ready": false,
@@ -1011,12 +1016,7 @@ mod tests {
         let now = t("2026-11-30T10:59:00Z");
         let prev = cycle_run_key(t("2026-11-30T09:00:00Z").timestamp());
         // s0 dreamt in the 09:00 cycle, s1 never started.
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": fleet_job_name("fleet", "s0", &prev), "namespace": "ns",
-                         "labels": {SCHEDULE_LABEL: "fleet", STORE_LABEL: "s0", RUN_LABEL: prev, ROLE_LABEL: "dream"}},
-            "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-30T09:20:00Z"}
-        }))
-        .expect("job");
+        let job = done_job(&prev, "2026-11-30T09:20:00Z");
         let p = plan(
             &schedule(serde_json::json!({})),
             &stores,
@@ -1057,12 +1057,7 @@ mod tests {
         let stores = vec![store("s0", &[("tier", "a")])];
         let now = t("2026-11-30T10:59:00Z");
         let run = cycle_run_key(t("2026-11-30T10:00:00Z").timestamp());
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": fleet_job_name("fleet", "s0", &run), "namespace": "ns",
-                         "labels": {SCHEDULE_LABEL: "fleet", STORE_LABEL: "s0", RUN_LABEL: run, ROLE_LABEL: "dream"}},
-            "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-30T10:20:00Z"}
-        }))
-        .expect("job");
+        let job = done_job(&run, "2026-11-30T10:20:00Z");
         let p = plan(
             &schedule(serde_json::json!({})),
             &stores,

@@ -43,6 +43,13 @@ pub struct ControllerArgs {
     /// at most half of `--lease-duration`.
     #[arg(long, default_value = "5s", value_parser = leader::parse_seconds)]
     pub lease_renew_every: std::time::Duration,
+    /// At most this many dream pods of multi-store schedules start while
+    /// this many dreams run in the cluster (all namespaces watched); 0 is no limit.
+    #[arg(long, env = "REVERIE_MAX_CONCURRENT_DREAMS")]
+    pub max_concurrent_dreams: Option<u32>,
+    /// The same limit per namespace (fair queueing across namespaces).
+    #[arg(long, env = "REVERIE_MAX_CONCURRENT_DREAMS_PER_NAMESPACE")]
+    pub max_concurrent_dreams_per_namespace: Option<u32>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `off` serves nothing.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
@@ -50,6 +57,11 @@ pub struct ControllerArgs {
 
 /// Runs the controllers until the process is stopped.
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    controller::fleet::set_limits(controller::scheduler::Limits {
+        // 0, like an absent flag, is no limit (the chart's default value).
+        cluster: args.max_concurrent_dreams.filter(|n| *n > 0),
+        per_namespace: args.max_concurrent_dreams_per_namespace.filter(|n| *n > 0),
+    });
     let defaults = ControllerConfig::default();
     let config = ControllerConfig {
         image: args.image.unwrap_or(defaults.image),

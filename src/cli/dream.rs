@@ -318,6 +318,7 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
             entries: stats.entries as u64,
             bytes: stats.bytes,
             llm: llm_usage,
+            sessions: report.sessions,
         };
         let real = crate::pathmap::translate(path);
         std::fs::write(&real, serde_json::to_string(&result)?)

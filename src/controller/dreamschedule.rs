@@ -245,7 +245,12 @@ async fn reconcile(schedule: Arc<DreamSchedule>, ctx: Arc<Context>) -> Result<Ac
     let mut status = previous.clone();
     status.observed_generation = schedule.metadata.generation;
 
-    let store_name = &schedule.spec.store_ref.name;
+    // A multi-store schedule (`storeSelector`) is driven by the fleet
+    // scheduler, not by a CronJob.
+    let Some(store_ref) = &schedule.spec.store_ref else {
+        return Ok(Action::await_change());
+    };
+    let store_name = &store_ref.name;
     let store = Api::<MemoryStore>::namespaced(client.clone(), &ns)
         .get_opt(store_name)
         .await?;
@@ -435,7 +440,10 @@ pub async fn run(ctx: Arc<Context>) {
                 reader
                     .state()
                     .into_iter()
-                    .filter(|s| s.namespace() == ns && s.spec.store_ref.name == name)
+                    .filter(|s| {
+                        s.namespace() == ns
+                            && s.spec.store_ref.as_ref().is_some_and(|r| r.name == name)
+                    })
                     .map(|s| ObjectRef::from_obj(s.as_ref()))
                     .collect::<Vec<_>>()
             },

@@ -12,10 +12,12 @@ pub mod status;
 
 // The dream loop: stores, schedules, patches and the pods they start.
 pub mod dreamschedule;
+pub mod fleet;
 pub mod jobs;
 pub mod memorypatch;
 pub mod memorystore;
 pub mod publish;
+pub mod scheduler;
 pub mod workers;
 pub mod writes;
 
@@ -81,6 +83,7 @@ pub fn dream_loop_controllers(
     vec![
         memorystore::run(ctx.clone()).boxed(),
         dreamschedule::run(ctx.clone()).boxed(),
+        fleet::run(ctx.clone()).boxed(),
         memorypatch::run(ctx).boxed(),
     ]
 }

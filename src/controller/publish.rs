@@ -117,7 +117,11 @@ pub struct PublishResult {
     pub revision: u64,
     pub entries: u64,
     pub bytes: u64,
+    /// Sessions the dream read.
+    pub sessions: usize,
     /// What the optional LLM pass used; absent when it did not run.
+    /// Its input + output tokens count against a schedule's
+    /// `budget.tokensPerHour`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmUsage>,
 }

@@ -149,3 +149,41 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
     let body = r.text().await.map_err(|e| e.to_string())?;
     Ok((status, body))
 }
+
+/// A `reverie controller` process (the real binary) against the control
+/// plane, watching one namespace; killed when dropped.
+pub struct ControllerProcess(std::process::Child);
+
+impl ControllerProcess {
+    /// Starts `reverie controller --namespace ns --image reverie
+    /// --metrics-addr off` plus `extra` flags, logging at `log` level to
+    /// `<control plane dir>/controller-<ns>.log`.
+    pub fn start(cp: &ControlPlane, ns: &str, extra: &[&str], log: &str) -> ControllerProcess {
+        let path = cp.dir().join(format!("controller-{ns}.log"));
+        let file = std::fs::File::create(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverie"))
+            .args(["controller", "--image", "reverie", "--namespace", ns])
+            .args(["--metrics-addr", "off"])
+            .args(extra)
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", log)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start reverie controller: {e}"));
+        ControllerProcess(child)
+    }
+
+    /// The process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -6,6 +6,7 @@
 //! (merging a stale entry would keep it alive), then new entries from the
 //! sessions, then the budget, which sees every op before it.
 
+use super::index::Shared;
 use super::{
     budget, contradictions, duplicates, errors, methods, preferences, stale, Corpus, DreamError,
     DreamOptions, IngestReport,
@@ -222,18 +223,20 @@ pub fn analyse(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     analyse_with_report(corpus, opts).0
 }
 
-/// An analysis: a pure function from the corpus to proposed ops.
-pub type Analysis = fn(&Corpus, &DreamOptions) -> Vec<PatchOp>;
+/// An analysis: a pure function from the corpus to proposed ops. `Shared`
+/// holds what several analyses derive from the corpus (built on first
+/// use); pass a fresh one to run an analysis alone.
+pub type Analysis = fn(&Corpus, &DreamOptions, &Shared) -> Vec<PatchOp>;
 
 /// The analyses in the order [`analyse`] runs them (earlier ones win
 /// overlaps); the bench times them one by one from this list.
 pub const STAGES: [(&str, Analysis); 6] = [
-    ("stale", stale::find),
-    ("contradictions", contradictions::find),
-    ("duplicates", duplicates::find),
-    ("errors", errors::find),
-    ("methods", methods::find),
-    ("preferences", preferences::find),
+    ("stale", stale::find_with),
+    ("contradictions", |c, o, _| contradictions::find(c, o)),
+    ("duplicates", |c, o, _| duplicates::find(c, o)),
+    ("errors", errors::find_with),
+    ("methods", |c, o, _| methods::find(c, o)),
+    ("preferences", preferences::find_with),
 ];
 
 /// [`analyse`], also returning the ops that were dropped and why.
@@ -252,11 +255,15 @@ pub fn analyse_with_report(corpus: &Corpus, opts: &DreamOptions) -> (Vec<PatchOp
             }
         }
     };
+    // The analyses share the interned token sets of the entries (built on
+    // first use).
+    let shared = Shared::default();
     for (name, analysis) in STAGES {
-        let found = analysis(corpus, opts);
+        let found = analysis(corpus, opts, &shared);
         tracing::debug!(analysis = name, ops = found.len(), "analysis done");
         take(found, &mut ops, &mut resolver);
     }
+    drop(shared);
     let found = budget::enforce(corpus, opts, &ops);
     take(found, &mut ops, &mut resolver);
     (ops, dropped)

@@ -407,8 +407,39 @@ fn key_value_token(tok: &Tok, text: &str) -> Option<(Vec<Tok>, Vec<Tok>)> {
     Some((vec![key], vec![val]))
 }
 
+/// True when `text` may state a fact: it has a `:` or `=` (key/value
+/// forms, the `:` and `=` verbs), or a token that starts a verb phrase or
+/// is a transitive change verb. Every fact needs one of these, so the rest
+/// of a large store is skipped without building tokens (the first words
+/// are `raw_tokens`, which is what `tokens` yields for a text without `:`
+/// and `=`).
+fn may_state_fact(text: &str) -> bool {
+    if text.contains([':', '=']) {
+        return true;
+    }
+    static FIRST: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let first = FIRST.get_or_init(|| {
+        let mut v: Vec<&'static str> = VERBS
+            .iter()
+            .filter_map(|(phrase, _)| phrase.first().copied())
+            .chain(TRANSITIVE.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    });
+    let mut found = false;
+    super::index::for_each_token(text, |t| {
+        found = found || first.binary_search(&t).is_ok();
+    });
+    found
+}
+
 /// Extracts the facts of a text (one per clause at most).
 pub(crate) fn facts(text: &str) -> Vec<Fact> {
+    if !may_state_fact(text) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for (range, question) in clauses(text) {
         if question {

@@ -14,6 +14,7 @@ use super::{
 use crate::api::{LocalRef, MemoryPatch, MemoryPatchSpec, OpKind, PatchOp, Reason};
 use crate::memory::{entry_id, layout};
 use chrono::{DateTime, Utc};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -255,15 +256,27 @@ pub fn analyse_with_report(corpus: &Corpus, opts: &DreamOptions) -> (Vec<PatchOp
             }
         }
     };
-    // The analyses share the interned token sets of the entries (built on
-    // first use).
+    // The analyses share the interned token sets of the entries. They are
+    // built here, before the analyses run side by side: built lazily from
+    // inside one of them, a rayon worker waiting in that build could pick
+    // up another analysis that waits on the same `OnceLock` (a deadlock).
+    // Only the analyses that read sessions use them.
     let shared = Shared::default();
-    for (name, analysis) in STAGES {
-        let found = analysis(corpus, opts, &shared);
+    if !corpus.sessions.is_empty() {
+        shared.entry_words(corpus);
+    }
+    // The analyses are independent pure functions of the corpus: they run
+    // in parallel, and their ops are resolved in `STAGES` order, so the
+    // result is the same as running them one after the other.
+    let found: Vec<Vec<PatchOp>> = STAGES
+        .par_iter()
+        .map(|(_, analysis)| analysis(corpus, opts, &shared))
+        .collect();
+    drop(shared);
+    for ((name, _), found) in STAGES.iter().zip(found) {
         tracing::debug!(analysis = name, ops = found.len(), "analysis done");
         take(found, &mut ops, &mut resolver);
     }
-    drop(shared);
     let found = budget::enforce(corpus, opts, &ops);
     take(found, &mut ops, &mut resolver);
     (ops, dropped)

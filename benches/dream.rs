@@ -286,17 +286,22 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The measured part, run in a child process.
-fn child(dir: &Path) {
-    let opts = DreamOptions::default();
-    let t0 = Instant::now();
-    let (corpus, report) = match ingest::load_corpus(dir, &opts) {
+/// `ingest::load_corpus`, exiting with its error.
+fn load(dir: &Path, opts: &DreamOptions) -> (reverie::dream::Corpus, reverie::dream::IngestReport) {
+    match ingest::load_corpus(dir, opts) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("load_corpus: {e}");
             std::process::exit(1);
         }
-    };
+    }
+}
+
+/// The measured part, run in a child process.
+fn child(dir: &Path) {
+    let opts = DreamOptions::default();
+    let t0 = Instant::now();
+    let (corpus, report) = load(dir, &opts);
     let load = t0.elapsed().as_secs_f64();
     if std::env::var_os("REVERIE_BENCH_BREAKDOWN").is_some() {
         // Each analysis on its own (as `emit::analyse` runs them, before
@@ -331,13 +336,7 @@ fn child(dir: &Path) {
 fn stage_alone(dir: &Path, name: &str) {
     let opts = DreamOptions::default();
     let t0 = Instant::now();
-    let (corpus, _) = match ingest::load_corpus(dir, &opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("load_corpus: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (corpus, _) = load(dir, &opts);
     println!(
         "load {:.3}s, peak RSS {} MB",
         t0.elapsed().as_secs_f64(),

@@ -29,7 +29,7 @@ pub struct Vocab {
 }
 
 impl Vocab {
-    /// The id of `word`, when some entry holds it.
+    /// The id of `word`, when some text holds it.
     pub fn id(&self, word: &str) -> Option<u32> {
         self.ids.get(word).copied()
     }
@@ -44,7 +44,7 @@ impl Vocab {
         self.words.len()
     }
 
-    /// True when no entry holds a word.
+    /// True when no text holds a word.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }

@@ -12,11 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -432,15 +434,18 @@ pub async fn run(ctx: Arc<Context>) {
     let (patches, jobs) = match &ctx.config.namespace {
         Some(ns) => (
             Api::<MemoryPatch>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    Controller::new(patches, watcher::Config::default())
-        .owns(
-            jobs,
-            watcher::Config::default().labels(super::jobs::PATCH_LABEL),
-        )
+    // Trimmed streams (see `trim`): owned Jobs as metadata only.
+    let (reader, patches) = trim::reflected(patches, watcher::Config::default());
+    let jobs = trim::metadata_trigger(
+        jobs,
+        watcher::Config::default().labels(super::jobs::PATCH_LABEL),
+    );
+    Controller::for_stream(patches, reader)
+        .owns_stream(jobs)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| {
             super::metrics::record_reconcile("memorypatch", r.is_ok());

@@ -12,7 +12,7 @@ use super::agent::{
 };
 use super::agentteam::workspace_claim;
 use super::status::{conditions, Health};
-use super::{Context, Error, FIELD_MANAGER};
+use super::{trim, Context, Error, FIELD_MANAGER};
 use crate::api::{
     Access, Agent, AgentSession, AgentSessionStatus, AgentTeam, ChildSession, MemoryStore,
     SessionPhase,
@@ -31,8 +31,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -413,6 +414,9 @@ pub struct SessionContext {
     pub ctx: Arc<Context>,
     /// Held while counting running siblings and creating a Job.
     slots: tokio::sync::Mutex<()>,
+    /// The controller's store of sessions, where children are looked up
+    /// (listing them from the API on every reconcile is quadratic).
+    sessions: Store<AgentSession>,
 }
 
 async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Result<Action, Error> {
@@ -431,11 +435,14 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
 
     // Children: every session whose `parentRef` is this one (by spec, not by
     // label, so a child created by hand counts too), sorted by name.
-    let kids = sessions.list(&ListParams::default()).await?;
-    let mut children: Vec<ChildSession> = kids
-        .items
+    let mut children: Vec<ChildSession> = sctx
+        .sessions
+        .state()
         .iter()
-        .filter(|k| k.spec.parent_ref.as_ref().is_some_and(|p| p.name == name))
+        .filter(|k| {
+            k.namespace().as_deref() == Some(ns.as_str())
+                && k.spec.parent_ref.as_ref().is_some_and(|p| p.name == name)
+        })
         .map(|k| ChildSession {
             name: k.name_any(),
             member: k.spec.member.clone().unwrap_or_default(),
@@ -611,47 +618,45 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
 
 /// Runs the AgentSession controller until the watch ends.
 pub async fn run(ctx: Arc<Context>) {
-    let sctx = Arc::new(SessionContext {
-        ctx: ctx.clone(),
-        slots: tokio::sync::Mutex::new(()),
-    });
-    Controller::new(
-        watched_api::<AgentSession>(&ctx),
-        watcher::Config::default(),
-    )
-    .owns(
-        watched_api::<Job>(&ctx),
-        watcher::Config::default().labels("app.kubernetes.io/component=agent"),
-    )
+    // Trimmed streams (see `trim`): owned Jobs as metadata only.
     // A child's change updates its parent's `children`; a finished child
     // frees a slot for its waiting siblings.
-    .watches(
+    let (store, sessions) = trim::reflected_with_parents(
         watched_api::<AgentSession>(&ctx),
         watcher::Config::default(),
-        |child: AgentSession| {
+        |child: &AgentSession| {
             let ns = child.namespace().unwrap_or_default();
             child
                 .spec
                 .parent_ref
                 .as_ref()
                 .map(|p| ObjectRef::<AgentSession>::new(&p.name).within(&ns))
-                .into_iter()
-                .collect::<Vec<_>>()
         },
-    )
-    .shutdown_on_signal()
-    .run(
-        reconcile,
-        |s, e, c: Arc<SessionContext>| shared_error_policy(s, e, c.ctx.clone()),
-        sctx,
-    )
-    .for_each(|r| async move {
-        super::metrics::record_reconcile("agentsession", r.is_ok());
-        if let Err(e) = r {
-            tracing::debug!("agentsession controller: {e}");
-        }
-    })
-    .await;
+    );
+    let jobs = trim::metadata_trigger(
+        watched_api::<PartialObjectMeta<Job>>(&ctx),
+        watcher::Config::default().labels("app.kubernetes.io/component=agent"),
+    );
+    let sctx = Arc::new(SessionContext {
+        ctx: ctx.clone(),
+        slots: tokio::sync::Mutex::new(()),
+        sessions: store.clone(),
+    });
+    Controller::for_stream(sessions, store)
+        .owns_stream(jobs)
+        .shutdown_on_signal()
+        .run(
+            reconcile,
+            |s, e, c: Arc<SessionContext>| shared_error_policy(s, e, c.ctx.clone()),
+            sctx,
+        )
+        .for_each(|r| async move {
+            super::metrics::record_reconcile("agentsession", r.is_ok());
+            if let Err(e) = r {
+                tracing::debug!("agentsession controller: {e}");
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

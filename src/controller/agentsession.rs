@@ -12,7 +12,8 @@ use super::agent::{
 };
 use super::agentteam::workspace_claim;
 use super::status::{conditions, Health};
-use super::{trim, Context, Error, FIELD_MANAGER};
+use super::writes::apply_if_changed;
+use super::{trim, Context, Error};
 use crate::api::{
     Access, Agent, AgentSession, AgentSessionStatus, AgentTeam, ChildSession, MemoryStore,
     SessionPhase,
@@ -30,7 +31,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -247,8 +248,9 @@ pub fn build_agent_role(ns: &str) -> Role {
 }
 
 /// Makes sure the agent ServiceAccount, Role and RoleBinding exist in `ns`.
+/// Each is applied only when the live one differs, so starting many
+/// sessions in a namespace writes them once, not once per session.
 async fn ensure_agent_rbac(client: &kube::Client, ns: &str) -> Result<(), Error> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let meta = ObjectMeta {
         name: Some(AGENT_SERVICE_ACCOUNT.into()),
         namespace: Some(ns.into()),
@@ -273,30 +275,12 @@ async fn ensure_agent_rbac(client: &kube::Client, ns: &str) -> Result<(), Error>
             ..Default::default()
         }]),
     };
-    let json = |v: serde_json::Result<serde_json::Value>, what: &str| {
-        v.map_err(|source| Error::Serialize {
-            what: what.into(),
-            source,
-        })
-    };
-    let mut sa_v = json(serde_json::to_value(&sa), "ServiceAccount")?;
-    sa_v["apiVersion"] = "v1".into();
-    sa_v["kind"] = "ServiceAccount".into();
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .patch(AGENT_SERVICE_ACCOUNT, &pp, &Patch::Apply(&sa_v))
-        .await?;
-    let mut role_v = json(serde_json::to_value(&role), "Role")?;
-    role_v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
-    role_v["kind"] = "Role".into();
-    Api::<Role>::namespaced(client.clone(), ns)
-        .patch(AGENT_SERVICE_ACCOUNT, &pp, &Patch::Apply(&role_v))
-        .await?;
-    let mut rb_v = json(serde_json::to_value(&binding), "RoleBinding")?;
-    rb_v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
-    rb_v["kind"] = "RoleBinding".into();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .patch(AGENT_SERVICE_ACCOUNT, &pp, &Patch::Apply(&rb_v))
-        .await?;
+    let wrote = apply_if_changed(&Api::namespaced(client.clone(), ns), sa).await?
+        | apply_if_changed(&Api::namespaced(client.clone(), ns), role).await?
+        | apply_if_changed(&Api::namespaced(client.clone(), ns), binding).await?;
+    if wrote {
+        tracing::info!(namespace = ns, "agent identity applied");
+    }
     Ok(())
 }
 

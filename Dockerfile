@@ -11,7 +11,7 @@ RUN apt-get update \
 WORKDIR /src
 # Dependencies first, so source edits reuse the cached layer.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches && echo "fn main() {}" > src/main.rs && touch src/lib.rs && echo "fn main() {}" > benches/dream.rs \
+RUN mkdir -p src benches && echo "fn main() {}" > src/main.rs && touch src/lib.rs && echo "fn main() {}" > benches/dream.rs && echo "fn main() {}" > benches/operator.rs \
  && cargo fetch --locked
 COPY src ./src
 COPY benches ./benches

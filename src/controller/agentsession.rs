@@ -398,9 +398,38 @@ pub struct SessionContext {
     pub ctx: Arc<Context>,
     /// Held while counting running siblings and creating a Job.
     slots: tokio::sync::Mutex<()>,
+    /// When the agent identity was last found in place, per namespace: many
+    /// sessions starting at once check it once, not once each.
+    identities: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     /// The controller's store of sessions, where children are looked up
     /// (listing them from the API on every reconcile is quadratic).
     sessions: Store<AgentSession>,
+}
+
+/// How long a namespace's agent identity is trusted to be in place before
+/// it is checked again (someone may delete it).
+const IDENTITY_RECHECK: Duration = Duration::from_secs(300);
+
+impl SessionContext {
+    fn identities(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, std::time::Instant>> {
+        // A poisoned lock only means a reconcile panicked; the map is still valid.
+        self.identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the agent identity of `ns` should be checked (and applied).
+    fn identity_due(&self, ns: &str) -> bool {
+        self.identities()
+            .get(ns)
+            .is_none_or(|t| t.elapsed() >= IDENTITY_RECHECK)
+    }
+
+    /// Records that the agent identity of `ns` is in place.
+    fn identity_checked(&self, ns: &str) {
+        self.identities()
+            .insert(ns.to_string(), std::time::Instant::now());
+    }
 }
 
 async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Result<Action, Error> {
@@ -491,7 +520,10 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
                     });
                 }
             }
-            ensure_agent_rbac(client, &ns).await?;
+            if sctx.identity_due(&ns) {
+                ensure_agent_rbac(client, &ns).await?;
+                sctx.identity_checked(&ns);
+            }
             let built = build_job(
                 &session,
                 agent,
@@ -499,7 +531,12 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
                 &stores,
                 &ctx.config.image,
             );
-            let _slot = sctx.slots.lock().await;
+            // Only children compete for slots; other sessions' Jobs are
+            // created without waiting for each other.
+            let _slot = match session.spec.parent_ref {
+                Some(_) => Some(sctx.slots.lock().await),
+                None => None,
+            };
             let room = match (&session.spec.parent_ref, &team) {
                 (Some(parent), Some(team)) => {
                     let running = jobs
@@ -624,6 +661,7 @@ pub async fn run(ctx: Arc<Context>) {
     let sctx = Arc::new(SessionContext {
         ctx: ctx.clone(),
         slots: tokio::sync::Mutex::new(()),
+        identities: std::sync::Mutex::new(BTreeMap::new()),
         sessions: store.clone(),
     });
     Controller::for_stream(sessions, store)

@@ -191,7 +191,8 @@ pub async fn run(ctx: Arc<Context>) {
         watched_api::<PartialObjectMeta<MemoryStore>>(&ctx),
         watcher::Config::default(),
     );
-    let controller = Controller::for_stream(agents, store.clone());
+    let controller =
+        Controller::for_stream(agents, store.clone()).with_config(trim::controller_config());
     let store2 = store.clone();
     controller
         // A Secret or MemoryStore appearing makes the Agents that name it Ready.

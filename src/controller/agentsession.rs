@@ -665,6 +665,7 @@ pub async fn run(ctx: Arc<Context>) {
         sessions: store.clone(),
     });
     Controller::for_stream(sessions, store)
+        .with_config(trim::controller_config())
         .owns_stream(jobs)
         .shutdown_on_signal()
         .run(

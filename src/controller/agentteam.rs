@@ -154,6 +154,7 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
     );
     Controller::for_stream(teams, store.clone())
+        .with_config(trim::controller_config())
         .owns_stream(claims)
         // An Agent turning Ready (or not) changes the health of its teams.
         .watches_stream(agents, move |a: PartialObjectMeta<Agent>| {

@@ -417,6 +417,7 @@ pub async fn run(ctx: Arc<Context>) {
     let jobs = trim::metadata_trigger(jobs, watcher::Config::default().labels(SCHEDULE_LABEL));
     let stores = trim::metadata_trigger(stores, watcher::Config::default());
     Controller::for_stream(schedules, reader.clone())
+        .with_config(trim::controller_config())
         .owns_stream(crons)
         .watches_stream(jobs, |job: PartialObjectMeta<Job>| {
             let ns = job.namespace();

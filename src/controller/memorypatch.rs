@@ -445,6 +445,7 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default().labels(super::jobs::PATCH_LABEL),
     );
     Controller::for_stream(patches, reader)
+        .with_config(trim::controller_config())
         .owns_stream(jobs)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| {

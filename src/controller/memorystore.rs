@@ -352,6 +352,7 @@ pub async fn run(ctx: Arc<Context>) {
     let jobs = trim::metadata_trigger(jobs, managed);
     let patches = trim::trigger(patches, watcher::Config::default());
     Controller::for_stream(stores, reader)
+        .with_config(trim::controller_config())
         .owns_stream(claims)
         .watches_stream(jobs, |job: PartialObjectMeta<Job>| {
             let ns = job.namespace();

@@ -15,7 +15,8 @@
 //! - reconciles per object (`reverie_reconciles_total` from its `/metrics`).
 //!
 //! Scale: `REVERIE_BENCH_AGENTS` (default 10000), `REVERIE_BENCH_SESSIONS`
-//! (default 1000), `REVERIE_BENCH_IDLE_SECS` (default 60).
+//! (default 1000), `REVERIE_BENCH_IDLE_SECS` (default 60); the order of the
+//! measured runs: `REVERIE_BENCH_TRIM` (default `on,off`).
 
 // The test control plane, shared with the integration tests. Its unit
 // tests import helpers this binary does not build.
@@ -541,6 +542,18 @@ fn print_report(reports: &[RunReport], n_agents: usize, n_sessions: usize, creat
     }
 }
 
+/// The order of the measured runs: `REVERIE_BENCH_TRIM` (default `on,off`).
+fn trim_order() -> Vec<bool> {
+    let spec = std::env::var("REVERIE_BENCH_TRIM").unwrap_or_else(|_| "on,off".into());
+    spec.split(',')
+        .map(|t| match t.trim() {
+            "on" => true,
+            "off" => false,
+            other => panic!("REVERIE_BENCH_TRIM: {other:?} is neither on nor off"),
+        })
+        .collect()
+}
+
 async fn bench() {
     let n_agents = env_usize("REVERIE_BENCH_AGENTS", 10_000);
     let n_sessions = env_usize("REVERIE_BENCH_SESSIONS", 1_000);
@@ -584,7 +597,7 @@ async fn bench() {
     drop(first);
 
     let mut reports = Vec::new();
-    for trim in [true, false] {
+    for trim in trim_order() {
         let r = run_once(&cp, &ns, trim, n_agents, n_sessions, idle).await;
         eprintln!(
             "run trim={trim}: VmHWM {:.1} MiB, sessions → Jobs {:.1} s",

@@ -105,12 +105,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, wc)
-        .modify(trimmer::<K>())
-        .reflect(writer)
-        .applied_objects();
-    (reader, stream)
+    reflected_with_parents(api, wc, |_: &K| None)
 }
 
 /// Like [`reflected`], but every change of an object also triggers the
@@ -141,19 +136,16 @@ where
         .modify(trimmer::<K>())
         .reflect(writer)
         .map_ok(move |event| {
-            let (own, changed) = match event {
+            let (own, up) = match event {
                 watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                    (Some(o.clone()), Some(o))
+                    let up = parent(&o);
+                    (Some(o), up)
                 }
                 // A deleted object is not reconciled itself, but its parent is.
-                watcher::Event::Delete(o) => (None, Some(o)),
+                watcher::Event::Delete(o) => (None, parent(&o)),
                 watcher::Event::Init | watcher::Event::InitDone => (None, None),
             };
-            let up = changed
-                .as_ref()
-                .and_then(&parent)
-                .and_then(|r| store.get(&r))
-                .map(|p| p.as_ref().clone());
+            let up = up.and_then(|r| store.get(&r)).map(|p| p.as_ref().clone());
             futures::stream::iter(own.into_iter().chain(up).map(Ok))
         })
         .try_flatten();

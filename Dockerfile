@@ -16,7 +16,7 @@ RUN apt-get update \
 WORKDIR /src
 # Dependencies first, so source edits reuse the cached layer.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches && echo "fn main() {}" > src/main.rs && touch src/lib.rs && echo "fn main() {}" > benches/dream.rs && echo "fn main() {}" > benches/fleet.rs \
+RUN mkdir -p src benches && echo "fn main() {}" > src/main.rs && touch src/lib.rs && for b in dream fleet operator; do echo "fn main() {}" > benches/$b.rs; done \
  && cargo fetch --locked
 COPY src ./src
 COPY benches ./benches

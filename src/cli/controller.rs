@@ -53,6 +53,10 @@ pub struct ControllerArgs {
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `off` serves nothing.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
+    /// Drop managed fields and the last-applied annotation from watched
+    /// objects before they are cached (less memory); `false` keeps them.
+    #[arg(long, env = "REVERIE_TRIM_MANAGED_FIELDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub trim_managed_fields: bool,
 }
 
 /// Runs the controllers until the process is stopped.
@@ -62,6 +66,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         cluster: args.max_concurrent_dreams.filter(|n| *n > 0),
         per_namespace: args.max_concurrent_dreams_per_namespace.filter(|n| *n > 0),
     });
+    controller::trim::set_enabled(args.trim_managed_fields);
     let defaults = ControllerConfig::default();
     let config = ControllerConfig {
         image: args.image.unwrap_or(defaults.image),

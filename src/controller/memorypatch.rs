@@ -12,11 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -454,17 +456,20 @@ pub async fn run(ctx: Arc<Context>) {
     let (patches, jobs) = match &ctx.config.namespace {
         Some(ns) => (
             Api::<MemoryPatch>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(patches, watcher::Config::default());
-    super::metrics::metrics().watch_patches(controller.store());
-    controller
-        .owns(
-            jobs,
-            watcher::Config::default().labels(super::jobs::PATCH_LABEL),
-        )
+    // Trimmed streams (see `trim`): owned Jobs as metadata only.
+    let (reader, patches) = trim::reflected(patches, watcher::Config::default());
+    super::metrics::metrics().watch_patches(reader.clone());
+    let jobs = trim::metadata_trigger(
+        jobs,
+        watcher::Config::default().labels(super::jobs::PATCH_LABEL),
+    );
+    Controller::for_stream(patches, reader)
+        .with_config(trim::controller_config())
+        .owns_stream(jobs)
         .run(
             super::metrics::observe("memorypatch", reconcile),
             error_policy,

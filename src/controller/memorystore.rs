@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -19,6 +20,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -408,8 +410,8 @@ pub async fn run(ctx: Arc<Context>) {
     let (stores, claims, jobs, patches) = match &ctx.config.namespace {
         Some(ns) => (
             Api::<MemoryStore>::namespaced(client.clone(), ns),
-            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<PersistentVolumeClaim>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
             Api::<MemoryPatch>::namespaced(client.clone(), ns),
         ),
         None => (
@@ -419,17 +421,23 @@ pub async fn run(ctx: Arc<Context>) {
             Api::all(client.clone()),
         ),
     };
+    // Trimmed streams (see `trim`): claims and Jobs as metadata only.
     let managed = watcher::Config::default().labels(STORE_LABEL);
-    Controller::new(stores, watcher::Config::default())
-        .owns(claims, managed.clone())
-        .watches(jobs, managed, |job: Job| {
+    let (reader, stores) = trim::reflected(stores, watcher::Config::default());
+    let claims = trim::metadata_trigger(claims, managed.clone());
+    let jobs = trim::metadata_trigger(jobs, managed);
+    let patches = trim::trigger(patches, watcher::Config::default());
+    Controller::for_stream(stores, reader)
+        .with_config(trim::controller_config())
+        .owns_stream(claims)
+        .watches_stream(jobs, |job: PartialObjectMeta<Job>| {
             let ns = job.namespace();
             job.labels()
                 .get(STORE_LABEL)
                 .cloned()
                 .and_then(|s| ns.map(|ns| ObjectRef::new(&s).within(&ns)))
         })
-        .watches(patches, watcher::Config::default(), |p: MemoryPatch| {
+        .watches_stream(patches, |p: MemoryPatch| {
             p.namespace()
                 .map(|ns| ObjectRef::new(&p.spec.store_ref.name).within(&ns))
         })

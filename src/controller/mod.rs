@@ -9,6 +9,7 @@ pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod status;
+pub mod trim;
 
 // The dream loop: stores, schedules, patches and the pods they start.
 pub mod dreamschedule;

@@ -169,16 +169,27 @@ impl ControlPlane {
     /// Tried a second time when a port picked as free was taken meanwhile by another
     /// process (parallel test binaries pick ports at the same time).
     pub async fn start() -> Result<ControlPlane, String> {
-        match ControlPlane::start_once().await {
+        ControlPlane::start_with(false).await
+    }
+
+    /// Starts a new control plane whose apiserver writes an audit log of every
+    /// write request ([`ControlPlane::audit_log_path`], one JSON event per
+    /// line, metadata level), for counting the writes a component makes.
+    pub async fn start_audited() -> Result<ControlPlane, String> {
+        ControlPlane::start_with(true).await
+    }
+
+    async fn start_with(audit: bool) -> Result<ControlPlane, String> {
+        match ControlPlane::start_once(audit).await {
             Err(e) if e.contains("address already in use") => {
                 eprintln!("control plane start hit a port race, retrying: {e}");
-                ControlPlane::start_once().await
+                ControlPlane::start_once(audit).await
             }
             other => other,
         }
     }
 
-    async fn start_once() -> Result<ControlPlane, String> {
+    async fn start_once(audit: bool) -> Result<ControlPlane, String> {
         let started = Instant::now();
         let bin = ensure_binaries()?;
         let dir = make_temp_dir()?;
@@ -244,11 +255,18 @@ impl ControlPlane {
             ],
         )?);
         let p = |f: &str| pki.join(f).display().to_string();
+        let audit_args = if audit {
+            audit_flags(&dir)?
+        } else {
+            Vec::new()
+        };
         servers.push(spawn_server(
             "kube-apiserver",
             &bin,
             &dir,
             &[
+                audit_args,
+                vec![
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -271,7 +289,9 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
                 "--enable-priority-and-fairness=false".into(),
-            ],
+                ],
+            ]
+            .concat(),
         )?);
         let km = kubeconfig.display().to_string();
         let kcm_args = [
@@ -443,6 +463,35 @@ impl ControlPlane {
     /// The cluster CA certificate (PEM file).
     pub fn ca_path(&self) -> &Path {
         &self.ca
+    }
+
+    /// The apiserver's audit log (written only by [`ControlPlane::start_audited`]).
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// A kubeconfig file with the admin credentials that impersonates `user`
+    /// in `groups`, for a process that must show up as its own user (e.g. in
+    /// the audit log). Written under the control plane's directory.
+    pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let pki = self.dir.join("pki");
+        let mut auth = format!(
+            "    client-certificate: {}\n    client-key: {}\n    as: {user}\n",
+            pki.join("admin.crt").display(),
+            pki.join("admin.key").display()
+        );
+        if !groups.is_empty() {
+            auth.push_str("    as-groups:\n");
+            for g in groups {
+                auth.push_str(&format!("    - {g}\n"));
+            }
+        }
+        let path = self.dir.join(format!("{user}.kubeconfig"));
+        let yaml = kubeconfig_yaml(&self.server_url, &self.ca, &auth, "default");
+        if let Err(e) = std::fs::write(&path, yaml) {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        path
     }
 
     /// A new admin client bound to the calling tokio runtime.
@@ -775,6 +824,32 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The audit policy of [`ControlPlane::start_audited`]: every write, at
+/// metadata level, once its response is sent; nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
+
+/// Writes the audit policy into `dir`; the apiserver flags that use it.
+fn audit_flags(dir: &Path) -> Result<Vec<String>, String> {
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(&policy, AUDIT_POLICY)
+        .map_err(|e| format!("cannot write {}: {e}", policy.display()))?;
+    Ok(vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", dir.join("audit.log").display()),
+        "--audit-log-format=json".into(),
+        // The log backend's default (blocking) mode writes each event as the
+        // request completes, so the file is complete when a count is taken.
+        "--audit-log-mode=blocking".into(),
+    ])
 }
 
 fn kubeconfig_yaml(server: &str, ca: &Path, user: &str, namespace: &str) -> String {

@@ -9,7 +9,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reverie::dream::{budget, duplicates, emit, ingest, DreamOptions};
+use reverie::dream::{budget, duplicates, emit, index, ingest, DreamOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -286,24 +286,29 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The measured part, run in a child process.
-fn child(dir: &Path) {
-    let opts = DreamOptions::default();
-    let t0 = Instant::now();
-    let (corpus, report) = match ingest::load_corpus(dir, &opts) {
+/// `ingest::load_corpus`, exiting with its error.
+fn load(dir: &Path, opts: &DreamOptions) -> (reverie::dream::Corpus, reverie::dream::IngestReport) {
+    match ingest::load_corpus(dir, opts) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("load_corpus: {e}");
             std::process::exit(1);
         }
-    };
+    }
+}
+
+/// The measured part, run in a child process.
+fn child(dir: &Path) {
+    let opts = DreamOptions::default();
+    let t0 = Instant::now();
+    let (corpus, report) = load(dir, &opts);
     let load = t0.elapsed().as_secs_f64();
     if std::env::var_os("REVERIE_BENCH_BREAKDOWN").is_some() {
         // Each analysis on its own (as `emit::analyse` runs them, before
         // overlap resolution), to find the stages that do not scale.
         for (name, f) in emit::STAGES {
             let t = Instant::now();
-            let n = f(&corpus, &opts).len();
+            let n = f(&corpus, &opts, &index::Shared::default()).len();
             println!("STAGE {name} {:.3} {n}", t.elapsed().as_secs_f64());
         }
         let t = Instant::now();
@@ -322,6 +327,37 @@ fn child(dir: &Path) {
         load,
         analyse,
         vm_hwm_kb(),
+        cpu_seconds()
+    );
+}
+
+/// Loads a kept store and runs one stage, printing time and peak RSS, to
+/// find which stage sets the pipeline's peak.
+fn stage_alone(dir: &Path, name: &str) {
+    let opts = DreamOptions::default();
+    let t0 = Instant::now();
+    let (corpus, _) = load(dir, &opts);
+    println!(
+        "load {:.3}s, peak RSS {} MB",
+        t0.elapsed().as_secs_f64(),
+        vm_hwm_kb() / 1024
+    );
+    let t = Instant::now();
+    let n = match name {
+        "analyse" => emit::analyse(&corpus, &opts).len(),
+        "budget" => budget::enforce(&corpus, &opts, &[]).len(),
+        _ => match emit::STAGES.iter().find(|(n, _)| *n == name) {
+            Some((_, f)) => f(&corpus, &opts, &index::Shared::default()).len(),
+            None => {
+                eprintln!("unknown stage {name}");
+                std::process::exit(2);
+            }
+        },
+    };
+    println!(
+        "{name} {:.3}s, {n} ops, peak RSS {} MB, CPU {:.1}s",
+        t.elapsed().as_secs_f64(),
+        vm_hwm_kb() / 1024,
         cpu_seconds()
     );
 }
@@ -364,6 +400,15 @@ fn main() {
             eprintln!("generating: {e}");
             std::process::exit(1);
         }
+        return;
+    }
+    if let (Some("stage"), Some(dir), Some(name)) =
+        (args.get(1).map(String::as_str), args.get(2), args.get(3))
+    {
+        // One stage alone on a kept store, with the peak RSS after load and
+        // after the stage: `dream stage DIR NAME` (NAME from `emit::STAGES`,
+        // `budget` or `analyse`).
+        stage_alone(Path::new(dir), name);
         return;
     }
     if args.get(1).map(String::as_str) == Some("child") {

@@ -1,7 +1,7 @@
 use clap::Parser;
+use reverie::cli::logging::{self, LogFormat};
 use reverie::cli::plugin::{self, PluginCli};
 use reverie::cli::{self, Cli, Exit};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     // Installed as `kubectl-reverie`, the binary is the kubectl plugin:
@@ -9,18 +9,19 @@ fn main() -> std::process::ExitCode {
     let as_plugin = std::env::args_os()
         .next()
         .is_some_and(|argv0| plugin::is_plugin_name(&argv0));
-    let (log, run): (String, Box<dyn FnOnce() -> anyhow::Result<()>>) = if as_plugin {
+    type Run = Box<dyn FnOnce() -> anyhow::Result<()>>;
+    let (log, format, run): (String, LogFormat, Run) = if as_plugin {
         let p = PluginCli::parse();
-        (p.log, Box::new(move || plugin::run(p.args)))
+        (
+            p.log,
+            LogFormat::Text,
+            Box::new(move || plugin::run(p.args)),
+        )
     } else {
         let c = Cli::parse();
-        (c.log.clone(), Box::new(move || cli::run(c)))
+        (c.log.clone(), c.log_format, Box::new(move || cli::run(c)))
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(&log, format);
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

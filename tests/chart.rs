@@ -1,12 +1,15 @@
 //! The Helm chart `charts/reverie` against the real control plane: it lints,
 //! its rendered objects pass the apiserver's server-side dry run, its
-//! ClusterRole names no wildcard, and the dream loop works end to end with
-//! the controller authenticated as the chart's ServiceAccount (so a missing
-//! RBAC rule fails here); leader election hands the Lease over.
+//! ClusterRole names no wildcard; the dream loop, the agents' team flow
+//! (delegation to two members, keys from Secrets) and Auto approval work end
+//! to end with the controller authenticated as the chart's ServiceAccount (so
+//! a missing RBAC rule fails here) and leave the expected metrics; leader
+//! election hands the Lease over.
 
 mod common;
+mod mock_llm;
 
-use common::reverie::{copy_dir, is_ready as ready, output_text as text};
+use common::reverie::{free_addr, http_get, output_text as text, sample, seeded_store, wait_ready};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +20,11 @@ use common::node::TestNode;
 use common::{eventually, ControlPlane};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use reverie::api::{DreamSchedule, MemoryPatch, MemoryStore, PatchPhase};
+use mock_llm::{Answer, MockLlm, Rule};
+use reverie::api::{
+    Agent, AgentSession, AgentTeam, DreamSchedule, MemoryPatch, MemoryStore, PatchPhase,
+    SessionPhase,
+};
 use reverie::controller::leader::{self, LeaseConfig};
 use reverie::controller::{self, Context, ControllerConfig};
 
@@ -174,6 +181,69 @@ async fn deployment_runs_restricted_and_cluster_role_has_no_wildcards() {
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     assert_eq!(c["args"][0], "controller");
+    // JSON logs by default, so log pipelines get the object on each line.
+    let args = c["args"].as_sequence().expect("args");
+    assert!(args.iter().any(|a| a == "--log-format=json"), "{args:?}");
+    assert_eq!(c["env"][2]["name"], "RUST_LOG");
+}
+
+/// Renders `templates` of the chart as release `system` in namespace
+/// `system`, applies them for real and returns the rendered YAML.
+fn apply_chart_templates(cp: &ControlPlane, system: &str, templates: &[&str]) -> String {
+    let mut extra = Vec::new();
+    for t in templates {
+        extra.push("--show-only");
+        extra.push(*t);
+    }
+    let yaml = render(cp, system, system, &extra);
+    let path = write_temp(cp, &format!("{system}-rbac.yaml"), &yaml);
+    let out = cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=reverie-chart-test",
+        "-f",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "applying the chart's RBAC: {}",
+        text(&out)
+    );
+    yaml
+}
+
+/// The chart's ServiceAccount, its RBAC and the approval policy, applied in
+/// `system`; returns the ServiceAccount's user name.
+fn install_chart_identity(cp: &ControlPlane, system: &str) -> String {
+    let yaml = apply_chart_templates(
+        cp,
+        system,
+        &[
+            "templates/serviceaccount.yaml",
+            "templates/controller-rbac.yaml",
+            "templates/approval-policy.yaml",
+            "templates/approver-clusterrole.yaml",
+        ],
+    );
+    let sa = documents(&yaml)
+        .iter()
+        .find(|d| kind_of(d) == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str().map(str::to_string))
+        .expect("ServiceAccount name");
+    format!("system:serviceaccount:{system}:{sa}")
+}
+
+/// Starts the controller for `ns` as the ServiceAccount `user` of namespace
+/// `system`, with the groups the apiserver gives a ServiceAccount.
+fn start_controller_as_service_account(cp: &ControlPlane, ns: &str, system: &str, user: &str) {
+    let ns_group = format!("system:serviceaccounts:{system}");
+    start_controller_as(
+        cp,
+        ns,
+        user,
+        &["system:serviceaccounts", &ns_group, "system:authenticated"],
+    );
 }
 
 /// Starts the controller for `ns`, authenticated as `user` in `groups`.
@@ -193,6 +263,23 @@ fn start_controller_as(cp: &ControlPlane, ns: &str, user: &str, groups: &[&str])
     });
 }
 
+/// Waits until DreamSchedule `schedule` reports a patch; returns its name.
+async fn last_patch(cp: &ControlPlane, ns: &str, schedule: &str) -> String {
+    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), ns);
+    eventually(
+        &format!("schedule {schedule} reports its patch"),
+        WAIT,
+        || async {
+            let s = schedules.get(schedule).await.map_err(|e| e.to_string())?;
+            s.status
+                .clone()
+                .and_then(|st| st.last_patch)
+                .ok_or(format!("{:?}", s.status))
+        },
+    )
+    .await
+}
+
 async fn wait_phase(cp: &ControlPlane, ns: &str, name: &str, want: PatchPhase) -> MemoryPatch {
     common::reverie::wait_patch_phase(cp, ns, name, want, WAIT).await
 }
@@ -205,49 +292,8 @@ async fn dream_loop_runs_with_the_charts_service_account() {
     let system = cp.create_namespace("chart-system").await;
     let ns = cp.create_namespace("chart-loop").await;
     // The chart's RBAC, its ServiceAccount and the approval policy, for real.
-    let release = system.clone();
-    let yaml = render(
-        cp,
-        &release,
-        &system,
-        &[
-            "--show-only",
-            "templates/serviceaccount.yaml",
-            "--show-only",
-            "templates/controller-rbac.yaml",
-            "--show-only",
-            "templates/approval-policy.yaml",
-            "--show-only",
-            "templates/approver-clusterrole.yaml",
-        ],
-    );
-    let path = write_temp(cp, &format!("{system}-rbac.yaml"), &yaml);
-    let out = cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=reverie-chart-test",
-        "-f",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "applying the chart's RBAC: {}",
-        text(&out)
-    );
-    let sa = documents(&yaml)
-        .iter()
-        .find(|d| kind_of(d) == "ServiceAccount")
-        .and_then(|d| d["metadata"]["name"].as_str().map(str::to_string))
-        .expect("ServiceAccount name");
-    let user = format!("system:serviceaccount:{system}:{sa}");
-    let ns_group = format!("system:serviceaccounts:{system}");
-    start_controller_as(
-        cp,
-        &ns,
-        &user,
-        &["system:serviceaccounts", &ns_group, "system:authenticated"],
-    );
+    let user = install_chart_identity(cp, &system);
+    start_controller_as_service_account(cp, &ns, &system, &user);
     // alice approves.
     cp.apply_yaml(
         &ns,
@@ -255,23 +301,8 @@ async fn dream_loop_runs_with_the_charts_service_account() {
     );
 
     // A seeded store.
-    let dir = cp.pvc_dir(&ns, "team-memory");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"),
-        &dir,
-    );
-    cp.apply_yaml(
-        &ns,
-        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n",
-    );
+    let dir = seeded_store(cp, &ns, "team", WAIT).await;
     let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
-    eventually("store team to be Ready", WAIT, || async {
-        let s = stores.get("team").await.map_err(|e| e.to_string())?;
-        ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
     let before = std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes");
 
     // Dream now → a pending patch.
@@ -287,15 +318,7 @@ async fn dream_loop_runs_with_the_charts_service_account() {
         "dream job: {:?}",
         job.status
     );
-    let schedules: Api<DreamSchedule> = Api::namespaced(cp.client(), &ns);
-    let name = eventually("schedule reports the dream", WAIT, || async {
-        let s = schedules.get("nightly").await.map_err(|e| e.to_string())?;
-        s.status
-            .clone()
-            .and_then(|st| st.last_patch)
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
+    let name = last_patch(cp, &ns, "nightly").await;
     wait_phase(cp, &ns, &name, PatchPhase::Pending).await;
 
     // Approve → applied by a Job the controller started.
@@ -351,30 +374,13 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_goes() {
     let cp = ControlPlane::shared().await;
     let system = cp.create_namespace("chart-lease").await;
     // As the chart's ServiceAccount, so the leader-election Role is tested too.
-    let yaml = render(
+    apply_chart_templates(
         cp,
         &system,
-        &system,
         &[
-            "--show-only",
             "templates/serviceaccount.yaml",
-            "--show-only",
             "templates/controller-rbac.yaml",
         ],
-    );
-    let path = write_temp(cp, &format!("{system}-rbac.yaml"), &yaml);
-    let out = cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=reverie-chart-test",
-        "-f",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "applying the chart's RBAC: {}",
-        text(&out)
     );
     let user = format!("system:serviceaccount:{system}:{system}-reverie");
     let ns_group = format!("system:serviceaccounts:{system}");
@@ -435,12 +441,11 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_goes() {
     standby.abort();
 }
 
-fn reconciles(text: &str, controller: &str) -> u64 {
-    let prefix = format!("reverie_reconciles_total{{controller=\"{controller}\",outcome=\"ok\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+fn reconciles(text: &str, controller: &str) -> f64 {
+    sample(
+        text,
+        &format!("reverie_reconciles_total{{controller=\"{controller}\",outcome=\"ok\"}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -448,23 +453,12 @@ async fn metrics_count_reconciles_and_health_endpoints_answer() {
     let cp = ControlPlane::shared().await;
     cp.install_crds().await;
     let ns = cp.create_namespace("chart-metrics").await;
-    // A free loopback port for the endpoints.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let addr = free_addr();
     let server = tokio::spawn(reverie::controller::metrics::serve(addr, cp.client()));
-    let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let url = format!("http://{addr}{path}");
-        let http = http.clone();
-        async move {
-            let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
-            let status = r.status().as_u16();
-            let body = r.text().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, body))
-        }
-    };
-    let (_, before) = eventually("the metrics endpoint to answer", WAIT, || get("/metrics")).await;
+    let (_, before) = eventually("the metrics endpoint to answer", WAIT, || {
+        http_get(addr, "/metrics")
+    })
+    .await;
     let before = reconciles(&before, "memorystore");
 
     let ctx = Arc::new(Context {
@@ -480,15 +474,8 @@ async fn metrics_count_reconciles_and_health_endpoints_answer() {
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n",
     );
-    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), &ns);
-    eventually("store team to be Ready", WAIT, || async {
-        let s = stores.get("team").await.map_err(|e| e.to_string())?;
-        ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
-    let (status, text) = get("/metrics").await.expect("scrape");
+    wait_ready::<MemoryStore>(cp, &ns, "team", WAIT).await;
+    let (status, text) = http_get(addr, "/metrics").await.expect("scrape");
     assert_eq!(status, 200);
     assert!(
         text.contains("# TYPE reverie_reconciles_total counter"),
@@ -498,8 +485,236 @@ async fn metrics_count_reconciles_and_health_endpoints_answer() {
         reconciles(&text, "memorystore") > before,
         "memorystore reconciles did not grow from {before}:\n{text}"
     );
-    assert_eq!(get("/healthz").await.expect("healthz").0, 200);
-    assert_eq!(get("/readyz").await.expect("readyz").0, 200);
+    assert!(
+        sample(
+            &text,
+            "reverie_reconcile_duration_seconds_count{controller=\"memorystore\"}"
+        ) > 0.0,
+        "{text}"
+    );
+    assert_eq!(http_get(addr, "/healthz").await.expect("healthz").0, 200);
+    assert_eq!(
+        http_get(addr, "/readyz").await.expect("readyz"),
+        (200, "ok\n".to_string())
+    );
     controller.abort();
+    server.abort();
+}
+
+/// The mock model's script: the lead hands two tasks to two members in one
+/// turn and consolidates their answers; the members answer at once; the
+/// `FLAKY` agent's endpoint and the dream's LLM pass always fail.
+fn team_script() -> Vec<Rule> {
+    vec![
+        Rule::new(Answer::Tools(
+            Some("Splitting the audit.".into()),
+            vec![(
+                "delegate".into(),
+                serde_json::json!({"tasks": [
+                    {"member": "ana", "task": "Audit the API"},
+                    {"member": "ben", "task": "Audit the web app"}
+                ]}),
+            )],
+        ))
+        .system("ROLE:LEAD")
+        .last("Audit everything"),
+        Rule::new(Answer::Text("AUDITED: both parts are clean.".into()))
+            .system("ROLE:LEAD")
+            .last("API-CLEAN"),
+        Rule::new(Answer::Text("API-CLEAN".into()))
+            .system("ROLE:ANA")
+            // Both members are mid-session at the same time.
+            .delay(Duration::from_secs(2)),
+        Rule::new(Answer::Text("WEB-CLEAN".into()))
+            .system("ROLE:BEN")
+            .delay(Duration::from_secs(2)),
+        Rule::new(Answer::Error(500, "the model is down".into())).system("ROLE:FLAKY"),
+        // The dream's LLM pass: it fails, the deterministic ops stand.
+        Rule::new(Answer::Error(503, "overloaded".into()))
+            .system("You maintain the Markdown memory"),
+    ]
+}
+
+/// An Agent on the mock model whose key comes from Secret `llm`.
+fn agent(name: &str, provider: &str, url: &str, role: &str, tools: &str) -> String {
+    format!(
+        "apiVersion: reverie.dev/v1alpha1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model:\n    provider: {provider}\n    name: test-model\n    baseURL: {url}\n    apiKeySecretRef: {{name: llm, key: api-key}}\n  systemPrompt: \"ROLE:{role}\"\n  tools: {tools}\n  memory:\n  - storeRef: {{name: team}}\n  maxTurns: 4\n"
+    )
+}
+
+async fn wait_session(cp: &ControlPlane, ns: &str, name: &str) -> AgentSession {
+    let api: Api<AgentSession> = Api::namespaced(cp.client(), ns);
+    eventually(&format!("session {name} to finish"), WAIT * 2, || async {
+        let s = api.get(name).await.map_err(|e| e.to_string())?;
+        match s.status.as_ref().and_then(|st| st.phase) {
+            Some(SessionPhase::Succeeded | SessionPhase::Failed) => Ok(s),
+            _ => Err(format!("{:?}", s.status)),
+        }
+    })
+    .await
+}
+
+/// The agents' team flow, an Auto-approved dream and the metrics they
+/// leave, with the controller authenticated as the chart's ServiceAccount:
+/// a rule the chart's ClusterRole lacks fails here.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_team_and_auto_approval_run_with_the_charts_service_account() {
+    let mock = MockLlm::start(team_script());
+    let cp = ControlPlane::shared().await;
+    let _node = TestNode::shared().await;
+    cp.install_crds().await;
+    let system = cp.create_namespace("chart-agents-system").await;
+    let ns = cp.create_namespace("chart-agents").await;
+    let user = install_chart_identity(cp, &system);
+    start_controller_as_service_account(cp, &ns, &system, &user);
+    let addr = free_addr();
+    let server = tokio::spawn(reverie::controller::metrics::serve(addr, cp.client()));
+
+    // The team: a lead (Anthropic) and two members, one per wire format,
+    // every key read from a Secret.
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: llm}\nstringData: {api-key: sk-chart-test}\n---\napiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec: {deletionPolicy: Delete}\n",
+    );
+    let openai_url = format!("{}/v1", mock.url);
+    let agents = [
+        agent("lead", "anthropic", &mock.url, "LEAD", "[delegate, memory]"),
+        agent("ana", "anthropic", &mock.url, "ANA", "[memory]"),
+        agent("ben", "openai", &openai_url, "BEN", "[memory]"),
+        agent("flaky", "openai", &openai_url, "FLAKY", "[memory]"),
+    ];
+    cp.apply_yaml(&ns, &agents.join("---\n"));
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: AgentTeam\nmetadata: {name: auditors}\nspec:\n  lead: {agentRef: {name: lead}}\n  maxParallel: 2\n  members:\n  - {name: ana, agentRef: {name: ana}, description: audits the API}\n  - {name: ben, agentRef: {name: ben}, description: audits the web app}\n",
+    );
+    // An Agent whose Secret comes later turns Ready when it appears (the
+    // Secret watch), well before the 30 s recheck of a stalled Agent.
+    cp.apply_yaml(
+        &ns,
+        // No store, so only the Secret can wake it.
+        &agent("late", "anthropic", &mock.url, "LATE", "[bash]")
+            .replace("name: llm", "name: late-key")
+            .replace("  memory:\n  - storeRef: {name: team}\n", ""),
+    );
+    let agents_api: Api<Agent> = Api::namespaced(cp.client(), &ns);
+
+    eventually("agent late to stall on its Secret", WAIT, || async {
+        let a = agents_api.get("late").await.map_err(|e| e.to_string())?;
+        let reason = a
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+            .map(|c| c.reason.clone());
+        (reason.as_deref() == Some("SecretNotFound"))
+            .then_some(())
+            .ok_or(format!("{:?}", a.status))
+    })
+    .await;
+    // Past the reconcile its own status write triggers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: late-key}\nstringData: {api-key: sk-late}\n",
+    );
+    wait_ready::<Agent>(cp, &ns, "late", Duration::from_secs(15)).await;
+
+    wait_ready::<AgentTeam>(cp, &ns, "auditors", WAIT).await;
+    cp.apply_yaml(
+        &ns,
+        "apiVersion: reverie.dev/v1alpha1\nkind: AgentSession\nmetadata: {name: audit}\nspec:\n  teamRef: {name: auditors}\n  prompt: Audit everything\n  timeoutSeconds: 300\n---\napiVersion: reverie.dev/v1alpha1\nkind: AgentSession\nmetadata: {name: down}\nspec:\n  agentRef: {name: flaky}\n  prompt: Say hello\n  timeoutSeconds: 300\n",
+    );
+
+    // Meanwhile, a dream on a seeded store, approved by the controller; its
+    // LLM pass (key from the Secret) fails and is reported.
+    seeded_store(cp, &ns, "kb", WAIT).await;
+    cp.apply_yaml(
+        &ns,
+        &"apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata:\n  name: auto\n  annotations: {reverie.dev/dream-now: first}\nspec:\n  storeRef: {name: kb}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  approval: {mode: Auto, autoApprove: [add, update, merge, delete]}\n  llm: {provider: anthropic, name: test-model, baseURL: \"MOCK\", apiKeySecretRef: {name: llm, key: api-key}, maxTokens: 1000}\n".replace("MOCK", &mock.url),
+    );
+
+    let audit = wait_session(cp, &ns, "audit").await;
+    let st = audit.status.clone().expect("status");
+    assert_eq!(st.phase, Some(SessionPhase::Succeeded), "{st:?}");
+    assert!(
+        st.result.as_deref().unwrap_or("").starts_with("AUDITED"),
+        "{st:?}"
+    );
+    let children: Vec<&str> = st.children.iter().map(|c| c.member.as_str()).collect();
+    assert_eq!(children, ["ana", "ben"]);
+    let down = wait_session(cp, &ns, "down").await;
+    let down_st = down.status.clone().expect("status");
+    assert_eq!(down_st.phase, Some(SessionPhase::Failed), "{down_st:?}");
+    assert_eq!(down_st.usage.as_ref().map(|u| u.errors), Some(1));
+
+    let patch = last_patch(cp, &ns, "auto").await;
+    let applied = wait_phase(cp, &ns, &patch, PatchPhase::Applied).await;
+    let approver = applied
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .get("reverie.dev/approved-by")
+        .cloned();
+    assert_eq!(approver.as_deref(), Some(user.as_str()));
+
+    // Every session's tokens are counted under its Agent's provider, once.
+    let sessions: Api<AgentSession> = Api::namespaced(cp.client(), &ns);
+    let all = sessions.list(&Default::default()).await.expect("sessions");
+    let mut want: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for s in &all.items {
+        let agent = match s.spec.member.as_deref() {
+            Some(m) => m,
+            None if s.spec.team_ref.is_some() => "lead",
+            None => "flaky",
+        };
+        let provider = if matches!(agent, "ben" | "flaky") {
+            "openai"
+        } else {
+            "anthropic"
+        };
+        let u = s.status.clone().and_then(|st| st.usage).unwrap_or_default();
+        *want.entry((provider, "input")).or_default() += u.input_tokens;
+        *want.entry((provider, "output")).or_default() += u.output_tokens;
+    }
+    assert_eq!(all.items.len(), 4, "audit, its two children and down");
+    assert!(want[&("anthropic", "input")] > 0 && want[&("openai", "input")] > 0);
+    let ops = applied.spec.ops.len() as f64;
+    let text = eventually("the metrics to show the dream", WAIT, || async {
+        let (_, text) = http_get(addr, "/metrics").await?;
+        (sample(&text, "reverie_dreams_total{outcome=\"succeeded\"}") >= 1.0
+            && sample(&text, "reverie_memory_patches{phase=\"Applied\"}") >= 1.0)
+            .then_some(text.clone())
+            .ok_or(text)
+    })
+    .await;
+    for ((provider, direction), n) in &want {
+        let series = format!(
+            "reverie_llm_tokens_total{{provider=\"{provider}\",direction=\"{direction}\"}}"
+        );
+        assert_eq!(sample(&text, &series), *n as f64, "{series}:\n{text}");
+    }
+    // The flaky agent's session and the dream's LLM pass, one each.
+    for provider in ["openai", "anthropic"] {
+        let series = format!("reverie_llm_errors_total{{provider=\"{provider}\"}}");
+        assert_eq!(sample(&text, &series), 1.0, "{series}:\n{text}");
+    }
+    let applied_ops: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("reverie_patch_ops_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(applied_ops >= ops, "{ops} ops applied:\n{text}");
+    assert!(sample(&text, "reverie_dream_duration_seconds_count") >= 1.0);
+    for controller in [
+        "agent",
+        "agentteam",
+        "agentsession",
+        "memorystore",
+        "dreamschedule",
+        "memorypatch",
+    ] {
+        assert!(reconciles(&text, controller) > 0.0, "{controller}:\n{text}");
+    }
     server.abort();
 }

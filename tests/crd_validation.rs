@@ -141,6 +141,9 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
     let sched = |spec: &str| {
         format!("apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {{name: bad}}\nspec:\n  storeRef: {{name: s}}\n{spec}")
     };
+    let fleet = |spec: &str| {
+        format!("apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {{name: bad}}\nspec:\n{spec}")
+    };
     let patch = |op: &str| {
         format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryPatch\nmetadata: {{name: bad}}\nspec:\n  storeRef: {{name: s}}\n  ops:\n  - {op}\n")
     };
@@ -172,7 +175,12 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
         ("schedule since not a duration", sched("  schedule: '@daily'\n  sessions: {since: yesterday}\n"), "since must be LastDream or a duration"),
         ("schedule unknown approval mode", sched("  schedule: '@daily'\n  approval: {mode: Sometimes}\n"), "spec.approval.mode"),
         ("schedule unknown autoApprove op", sched("  schedule: '@daily'\n  approval: {mode: Auto, autoApprove: [move]}\n"), "spec.approval.autoApprove[0]"),
-        ("schedule without storeRef", "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: bad}\nspec:\n  schedule: '@daily'\n".to_string(), "spec.storeRef"),
+        ("schedule without storeRef or storeSelector", fleet("  schedule: '@daily'\n"), "exactly one of storeRef or storeSelector"),
+        ("schedule with storeRef and storeSelector", sched("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n"), "exactly one of storeRef or storeSelector"),
+        ("schedule window with storeRef", sched("  schedule: '@daily'\n  window: 2h\n"), "window is only allowed with storeSelector"),
+        ("schedule window not a duration", fleet("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n  window: 2 hours\n"), "window must be a duration"),
+        ("schedule budget without llm", fleet("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n  budget: {tokensPerHour: 1000}\n"), "budget limits the LLM pass and needs llm"),
+        ("schedule budget of 0 tokens", fleet("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n  llm: {provider: openai, name: m, apiKeySecretRef: {name: k, key: k}}\n  budget: {tokensPerHour: 0}\n"), "spec.budget.tokensPerHour"),
         ("patch add without content", patch("{op: add, path: a.md, reason: instruction}"), "an add op needs content"),
         ("patch update without id", patch("{op: update, path: a.md, content: c, reason: contradiction}"), "an update op needs id and content"),
         ("patch merge with one id", patch("{op: merge, path: a.md, ids: [aaaaaaaaaaaa], content: c, reason: duplicate}"), "a merge op needs at least two ids"),

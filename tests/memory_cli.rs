@@ -582,3 +582,82 @@ fn help_and_argument_errors() {
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("memories"), "{}", r.stderr);
 }
+
+#[test]
+fn retention_compacts_the_journal_and_keeps_the_log() {
+    let s = store();
+    let st = s.path().to_str().unwrap();
+    for i in 0..4 {
+        let ops = format!(
+            "  - op: add\n    path: notes.md\n    content: retained entry {i}\n    reason: recurring-error\n    evidence:\n    - {{session: s-1, line: 1}}\n"
+        );
+        let p = patch_file(&s, &format!("p{i}.yaml"), &manifest(&format!("p{i}"), &ops));
+        let r = reverie(
+            &[
+                "memory",
+                "apply",
+                "--store",
+                st,
+                p.to_str().unwrap(),
+                "--keep-revisions",
+                "2",
+            ],
+            &[],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+    // Revisions 1 and 2 are compacted, the log still lists all four with their op counts.
+    let log = reverie(&["memory", "log", "--store", st, "-o", "json"], &[]);
+    let rows: serde_json::Value = serde_json::from_str(&log.stdout).unwrap();
+    let revs: Vec<(u64, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["revision"].as_u64().unwrap(), r["ops"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(revs, vec![(4, 1), (3, 1), (2, 1), (1, 1)]);
+    let rec1 = std::fs::read_to_string(s.path().join(".reverie/journal/0000000001.json")).unwrap();
+    assert!(
+        rec1.contains("\"compacted\"") && !rec1.contains("retained entry 0"),
+        "{rec1}"
+    );
+    // Rolling back across a compacted record is refused with the reachable revision named.
+    let r = reverie(&["memory", "rollback", "--store", st, "--to", "1"], &[]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("oldest revision that can be restored is 2"),
+        "{}",
+        r.stderr
+    );
+    let r = reverie(&["memory", "rollback", "--store", st, "--to", "2"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let notes = read(s.path(), "notes.md");
+    assert!(
+        notes.contains("retained entry 1") && !notes.contains("retained entry 2"),
+        "{notes}"
+    );
+    // `memory prune` removes old transcripts; the rest of the store is untouched.
+    let memories = snapshot(s.path(), "memories");
+    std::fs::write(s.path().join("sessions/s-2.jsonl"), SESSION).unwrap();
+    let r = reverie(
+        &[
+            "memory",
+            "prune",
+            "--store",
+            st,
+            "--keep-sessions",
+            "1",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["sessionsRemoved"].as_array().unwrap().len(), 1);
+    assert_eq!(snapshot(s.path(), "sessions").len(), 1);
+    assert_eq!(snapshot(s.path(), "memories"), memories);
+    let r = reverie(&["memory", "prune", "--store", st], &[]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+}

@@ -69,6 +69,14 @@ pub enum SessionPhase {
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// LLM requests that failed for good (after the provider's retries);
+    /// absent when none did.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A delegated session started by this one.

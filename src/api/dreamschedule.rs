@@ -1,7 +1,7 @@
 //! `DreamSchedule`: when and how a memory store dreams.
 
 use super::common::{LocalRef, ModelSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -104,6 +104,21 @@ fn default_failed_history() -> u32 {
     1
 }
 
+fn default_skip_idle() -> bool {
+    true
+}
+
+/// Limits on what a schedule's dreams may spend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// LLM tokens (input + output) the schedule's dreams may use in any
+    /// hour; a dream due while the last hour's dreams used this many waits
+    /// (`DelayedBudget`) until the oldest of them is an hour old.
+    #[schemars(range(min = 1))]
+    pub tokens_per_hour: u64,
+}
+
 /// What a DreamSchedule is.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
@@ -115,6 +130,7 @@ fn default_failed_history() -> u32 {
     shortname = "dsched",
     category = "reverie",
     printcolumn = r#"{"name":"Store","type":"string","jsonPath":".spec.storeRef.name"}"#,
+    printcolumn = r#"{"name":"Stores","type":"integer","jsonPath":".status.stores"}"#,
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Suspend","type":"boolean","jsonPath":".spec.suspend"}"#,
     printcolumn = r#"{"name":"Approval","type":"string","jsonPath":".spec.approval.mode"}"#,
@@ -122,9 +138,33 @@ fn default_failed_history() -> u32 {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.storeRef) != has(self.storeSelector)").message("exactly one of storeRef or storeSelector must be set"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.window) || has(self.storeSelector)").message("window is only allowed with storeSelector (a storeRef schedule runs as a CronJob)"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.budget) || has(self.llm)").message("budget limits the LLM pass and needs llm"))]
 pub struct DreamScheduleSpec {
-    /// The store to dream over.
-    pub store_ref: LocalRef,
+    /// The one store to dream over (a CronJob runs its dreams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_ref: Option<LocalRef>,
+    /// The stores of this namespace to dream over, by label (the controller
+    /// runs one dream per selected store per cycle). A namespaced schedule
+    /// never reaches stores of another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_selector: Option<LabelSelector>,
+    /// With `storeSelector`: how long after each cron tick the selected
+    /// stores' dreams are spread over (`30s`, `90m`, `2h`); each store's
+    /// place in the window is a hash of its namespace and name, so it is
+    /// the same every cycle. Absent or `0s`: all at the tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(s|m|h)$')").message("window must be a duration such as 40s, 30m or 2h"))]
+    pub window: Option<String>,
+    /// With `storeSelector`: no dream for a store that has had no new
+    /// session since its last dream (`dream-now` still dreams every store).
+    #[serde(default = "default_skip_idle")]
+    pub skip_idle: bool,
+    /// With `llm`: how many tokens the schedule's LLM passes may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Cron schedule (5 fields, or a macro such as `@daily`).
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+\\\\s+\\\\S+)$')").message("schedule must be a cron expression of 5 fields (e.g. '0 3 * * *') or a macro such as @daily"))]
@@ -185,4 +225,48 @@ pub struct DreamScheduleStatus {
     /// one more dream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dream_now: Option<String>,
+    /// With `storeSelector`: how many stores the selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<u32>,
+    /// With `storeSelector`: the earliest dream still to start (its slot in
+    /// the current cycle, or the first slot of the next one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<Time>,
+    /// With `storeSelector`: the current (most recent) cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cycle: Option<CycleStatus>,
+    /// With `budget`: LLM tokens the schedule's dreams used in the last hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_last_hour: Option<u64>,
+}
+
+/// One cycle of a multi-store schedule: when it started and where each
+/// selected store's dream is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CycleStatus {
+    /// The cron tick that started the cycle.
+    pub start: Time,
+    /// Selected stores by where their dream of this cycle is.
+    pub counts: CycleCounts,
+}
+
+/// Stores of a cycle by outcome; they add up to `status.stores`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CycleCounts {
+    /// The dream finished.
+    pub succeeded: u32,
+    /// The dream's pod failed (the next cycle tries again).
+    pub failed: u32,
+    /// The dream's Job runs.
+    pub running: u32,
+    /// The store's slot has not come yet.
+    pub pending: u32,
+    /// Due, waiting for a place under the concurrency limits.
+    pub queued: u32,
+    /// No new session since the store's last dream: no dream this cycle.
+    pub skipped_idle: u32,
+    /// Due, waiting for the schedule's token budget.
+    pub delayed_budget: u32,
 }

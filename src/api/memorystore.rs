@@ -138,4 +138,9 @@ pub struct MemoryStoreStatus {
     /// The claim that holds the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_name: Option<String>,
+    /// When the newest dream Job the controller has counted (succeeded or
+    /// failed) finished: the dream metrics count only Jobs that finished
+    /// later, so a Job is counted once even across controller restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_finished_dream: Option<Time>,
 }

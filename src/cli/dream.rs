@@ -71,6 +71,11 @@ pub struct DreamArgs {
     /// to this file (the pod's termination log, which the operator reads).
     #[arg(long, value_name = "FILE")]
     pub termination_log: Option<PathBuf>,
+    /// After the dream (and its publication), remove the oldest transcripts
+    /// beyond the newest N from `sessions/` (MemoryStore
+    /// `retention.sessions`). Off unless given.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_sessions: Option<u32>,
     /// The optional LLM pass (off unless `--llm-provider` is given).
     #[command(flatten)]
     pub llm: crate::dream::llm::LlmArgs,
@@ -192,6 +197,7 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
     // The optional LLM pass: the model returns the complete list of ops it
     // proposes; they are validated again against the store and each other.
     // If the endpoint cannot be used the deterministic ops stand.
+    let mut llm_failed = false;
     let (ops, dropped, llm_report) = if args.llm.enabled() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -218,12 +224,26 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
             Err(e) => {
                 tracing::warn!(error = %e, "the LLM pass failed; keeping the deterministic ops");
                 eprintln!("warning: {e}; keeping the deterministic ops");
+                llm_failed = true;
                 (ops, dropped, None)
             }
         }
     } else {
         (ops, dropped, None)
     };
+    // For the operator's LLM metrics (termination message).
+    let llm_usage = args.llm.llm_provider.map(|p| {
+        use clap::ValueEnum;
+        crate::controller::publish::LlmUsage {
+            provider: p
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+            input_tokens: llm_report.as_ref().map_or(0, |r| r.input_tokens),
+            output_tokens: llm_report.as_ref().map_or(0, |r| r.output_tokens),
+            errors: u64::from(llm_failed),
+        }
+    });
 
     let files: std::collections::BTreeSet<&str> =
         corpus.memories.iter().map(|m| m.path.as_str()).collect();
@@ -279,6 +299,19 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
         Some(c) => c.publish(patch.clone())?,
         None => Vec::new(),
     };
+    if let Some(keep) = args.keep_sessions {
+        // Only after the patch is out: the removed transcripts were read.
+        let store = crate::memory::Store::open(&args.store)
+            .with_context(|| format!("opening store {}", args.store.display()))?;
+        let report = crate::memory::retention::prune(&store, None, Some(keep))
+            .with_context(|| format!("removing old transcripts from {}", args.store.display()))?;
+        if !report.sessions_removed.is_empty() {
+            eprintln!(
+                "retention: removed {} transcript(s) beyond the newest {keep}",
+                report.sessions_removed.len()
+            );
+        }
+    }
     if let Some(path) = &args.termination_log {
         let stats = crate::memory::Store::open(&args.store)
             .and_then(|s| s.stats())
@@ -289,6 +322,8 @@ pub fn run(args: DreamArgs) -> anyhow::Result<()> {
             revision: base,
             entries: stats.entries as u64,
             bytes: stats.bytes,
+            llm: llm_usage,
+            sessions: report.sessions,
         };
         let real = crate::pathmap::translate(path);
         std::fs::write(&real, serde_json::to_string(&result)?)

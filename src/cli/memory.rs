@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{Exit, Output};
 use crate::memory::apply::{apply, is_applied, rollback, ApplyError, ApplyOutcome};
 use crate::memory::journal::{read_heads, Action};
+use crate::memory::retention::prune;
 use crate::memory::{diff, load_patch, Store};
 
 /// Apply, preview, list and roll back changes to a store.
@@ -25,6 +26,8 @@ pub enum MemoryCommand {
     Log(LogArgs),
     /// Restore the memory files of an earlier revision, as a new revision.
     Rollback(RollbackArgs),
+    /// Apply retention: compact old journal records, remove old transcripts.
+    Prune(PruneArgs),
 }
 
 /// `reverie memory apply`.
@@ -49,6 +52,28 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "FILE")]
     pub termination_log: Option<PathBuf>,
     /// How to print the result (`json` is what the controller reads).
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+    /// After a successful apply, compact journal records older than the
+    /// newest N revisions (MemoryStore `retention.revisions`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_revisions: Option<u32>,
+}
+
+/// `reverie memory prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// The store directory (holds `memories/`).
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Compact journal records older than the newest N revisions: their
+    /// ops and previous file contents go, `log` keeps them; rollback can
+    /// then reach back N revisions.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_revisions: Option<u32>,
+    /// Remove transcripts beyond the newest N in `sessions/`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_sessions: Option<u32>,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -93,7 +118,31 @@ pub fn run(c: MemoryCommand) -> anyhow::Result<()> {
         MemoryCommand::Diff(a) => run_diff(a),
         MemoryCommand::Log(a) => run_log(a),
         MemoryCommand::Rollback(a) => run_rollback(a),
+        MemoryCommand::Prune(a) => run_prune(a),
     }
+}
+
+fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
+    if a.keep_revisions.is_none() && a.keep_sessions.is_none() {
+        return Err(anyhow::Error::new(Exit::new(
+            2,
+            "give --keep-revisions N and/or --keep-sessions N",
+        )));
+    }
+    let store = open(&a.store)?;
+    let report = prune(&store, a.keep_revisions, a.keep_sessions)
+        .with_context(|| format!("pruning store {}", a.store.display()))?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&report)?),
+        Output::Table => println!(
+            "compacted {} journal record(s), removed {} transcript(s), freed {} bytes",
+            report.revisions_compacted.len(),
+            report.sessions_removed.len(),
+            report.bytes_freed
+        ),
+    }
+    Ok(())
 }
 
 fn open(dir: &std::path::Path) -> anyhow::Result<Store> {
@@ -179,6 +228,18 @@ fn apply_and_print(a: ApplyArgs) -> anyhow::Result<ApplyOutcome> {
     let store = open(&a.store)?;
     let name = patch.metadata.name.clone().unwrap_or_default();
     let out = apply(&store, &patch).map_err(exit)?;
+    if let Some(keep) = a.keep_revisions {
+        // The patch is applied and journaled; a failed compaction only
+        // leaves more history than asked for, so it warns and goes on.
+        match prune(&store, Some(keep), None) {
+            Ok(r) if !r.revisions_compacted.is_empty() => tracing::info!(
+                compacted = r.revisions_compacted.len(),
+                "journal compacted to the retention limit"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not compact the journal"),
+        }
+    }
     print_outcome(&out, a.output, || {
         if out.already_applied {
             format!(
@@ -258,6 +319,7 @@ fn run_log(a: LogArgs) -> anyhow::Result<()> {
         .into_iter()
         .rev()
         .map(|r| LogRow {
+            ops: r.op_count(),
             revision: r.revision,
             files_changed: r.files.into_iter().map(|f| f.path).collect(),
             time: r.time,
@@ -265,7 +327,6 @@ fn run_log(a: LogArgs) -> anyhow::Result<()> {
             patch: r.patch,
             spec_hash: r.spec_hash,
             rolled_back_to: r.rolled_back_to,
-            ops: r.ops,
         })
         .collect();
     match a.output {

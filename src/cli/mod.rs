@@ -6,6 +6,7 @@ pub mod agent;
 pub mod controller;
 pub mod crdgen;
 pub mod dream;
+pub mod logging;
 pub mod memory;
 pub mod plugin;
 
@@ -18,6 +19,16 @@ pub struct Cli {
     /// Log filter (also RUST_LOG), e.g. `info` or `reverie=debug`.
     #[arg(long, global = true, env = "REVERIE_LOG", default_value = "warn")]
     pub log: String,
+    /// Log lines as human text or as one JSON object per line (with the
+    /// reconciled object's kind, namespace and name on each line).
+    #[arg(
+        long,
+        global = true,
+        env = "REVERIE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -7,7 +7,8 @@
 //! - [`decide`]: `approve` and `reject` (who am I, then the annotations);
 //! - [`diff`]: `diff`, the patch as a reviewable diff from the resource alone;
 //! - [`dream_now`]: `dream-now`, the annotation the controller turns into a Job;
-//! - [`status`]: `status` of a store, a session's delegation tree, or all stores.
+//! - [`status`]: `status` of a store, a session's delegation tree, or all stores;
+//! - [`schedule`]: `status dreamschedule/NAME`, a schedule's cycle and next runs.
 //!
 //! Everything that decides what to send or print is a pure function of the
 //! objects read ([`decision_patch`], [`render_diff`], [`store_report`],
@@ -19,6 +20,7 @@ pub mod diff;
 pub mod dream_now;
 #[cfg(test)]
 mod fixtures;
+pub mod schedule;
 pub mod status;
 
 pub use decide::{decision_patch, existing_decision, Decision};
@@ -153,7 +155,8 @@ pub struct DreamNowArgs {
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
     /// A MemoryStore or AgentSession name; `memorystore/NAME` or
-    /// `agentsession/NAME` when both kinds have it.
+    /// `agentsession/NAME` when both kinds have it; `dreamschedule/NAME` for
+    /// a schedule's last cycle and each selected store's next run.
     pub target: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]

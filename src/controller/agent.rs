@@ -4,12 +4,13 @@
 //! controllers share (status apply, events, watched APIs).
 
 use super::status::{conditions, Health};
-use super::{Context, Error, FIELD_MANAGER};
+use super::{trim, Context, Error, FIELD_MANAGER};
 use crate::api::{Agent, AgentSpec, AgentStatus, MemoryStore};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -173,52 +174,65 @@ async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error
 }
 
 /// Logs a failed reconcile and retries it shortly.
-pub(crate) fn shared_error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, label = err.metric_label(), "reconcile failed");
+pub(crate) fn shared_error_policy<K: Resource>(
+    obj: Arc<K>,
+    err: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        error = %err,
+        label = err.metric_label(),
+        "reconcile failed"
+    );
     Action::requeue(Duration::from_secs(5))
 }
 
 /// Runs the Agent controller until the watch ends.
 pub async fn run(ctx: Arc<Context>) {
-    let agents: Api<Agent> = watched_api(&ctx);
-    let controller = Controller::new(agents, watcher::Config::default());
-    let store = controller.store();
+    // Trimmed streams (see `trim`): Secrets as metadata only, never their data.
+    let (store, agents) = trim::reflected(watched_api::<Agent>(&ctx), watcher::Config::default());
+    let secrets = trim::metadata_trigger(
+        watched_api::<PartialObjectMeta<Secret>>(&ctx),
+        watcher::Config::default(),
+    );
+    let stores = trim::metadata_trigger(
+        watched_api::<PartialObjectMeta<MemoryStore>>(&ctx),
+        watcher::Config::default(),
+    );
+    let controller =
+        Controller::for_stream(agents, store.clone()).with_config(trim::controller_config());
     let store2 = store.clone();
     controller
         // A Secret or MemoryStore appearing makes the Agents that name it Ready.
-        .watches(
-            watched_api::<Secret>(&ctx),
-            watcher::Config::default(),
-            move |s: Secret| {
-                let (ns, name) = (s.namespace(), s.name_any());
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|a| a.namespace() == ns && a.spec.model.api_key_secret_ref.name == name)
-                    .map(|a| ObjectRef::from_obj(a.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            watched_api::<MemoryStore>(&ctx),
-            watcher::Config::default(),
-            move |m: MemoryStore| {
-                let (ns, name) = (m.namespace(), m.name_any());
-                store2
-                    .state()
-                    .into_iter()
-                    .filter(|a| {
-                        a.namespace() == ns
-                            && a.spec.memory.iter().any(|x| x.store_ref.name == name)
-                    })
-                    .map(|a| ObjectRef::from_obj(a.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
+            let (ns, name) = (s.namespace(), s.name_any());
+            store
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == ns && a.spec.model.api_key_secret_ref.name == name)
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(stores, move |m: PartialObjectMeta<MemoryStore>| {
+            let (ns, name) = (m.namespace(), m.name_any());
+            store2
+                .state()
+                .into_iter()
+                .filter(|a| {
+                    a.namespace() == ns && a.spec.memory.iter().any(|x| x.store_ref.name == name)
+                })
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
-        .run(reconcile, shared_error_policy, ctx)
+        .run(
+            super::metrics::observe("agent", reconcile),
+            shared_error_policy,
+            ctx,
+        )
         .for_each(|r| async move {
-            super::metrics::record_reconcile("agent", r.is_ok());
             if let Err(e) = r {
                 tracing::debug!("agent controller: {e}");
             }

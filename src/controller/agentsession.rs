@@ -12,7 +12,8 @@ use super::agent::{
 };
 use super::agentteam::workspace_claim;
 use super::status::{conditions, Health};
-use super::{Context, Error, FIELD_MANAGER};
+use super::writes::apply_if_changed;
+use super::{trim, Context, Error};
 use crate::api::{
     Access, Agent, AgentSession, AgentSessionStatus, AgentTeam, ChildSession, MemoryStore,
     SessionPhase,
@@ -30,9 +31,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -246,8 +248,9 @@ pub fn build_agent_role(ns: &str) -> Role {
 }
 
 /// Makes sure the agent ServiceAccount, Role and RoleBinding exist in `ns`.
+/// Each is applied only when the live one differs, so starting many
+/// sessions in a namespace writes them once, not once per session.
 async fn ensure_agent_rbac(client: &kube::Client, ns: &str) -> Result<(), Error> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let meta = ObjectMeta {
         name: Some(AGENT_SERVICE_ACCOUNT.into()),
         namespace: Some(ns.into()),
@@ -272,30 +275,12 @@ async fn ensure_agent_rbac(client: &kube::Client, ns: &str) -> Result<(), Error>
             ..Default::default()
         }]),
     };
-    let json = |v: serde_json::Result<serde_json::Value>, what: &str| {
-        v.map_err(|source| Error::Serialize {
-            what: what.into(),
-            source,
-        })
-    };
-    let mut sa_v = json(serde_json::to_value(&sa), "ServiceAccount")?;
-    sa_v["apiVersion"] = "v1".into();
-    sa_v["kind"] = "ServiceAccount".into();
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .patch(AGENT_SERVICE_ACCOUNT, &pp, &Patch::Apply(&sa_v))
-        .await?;
-    let mut role_v = json(serde_json::to_value(&role), "Role")?;
-    role_v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
-    role_v["kind"] = "Role".into();
-    Api::<Role>::namespaced(client.clone(), ns)
-        .patch(AGENT_SERVICE_ACCOUNT, &pp, &Patch::Apply(&role_v))
-        .await?;
-    let mut rb_v = json(serde_json::to_value(&binding), "RoleBinding")?;
-    rb_v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
-    rb_v["kind"] = "RoleBinding".into();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .patch(AGENT_SERVICE_ACCOUNT, &pp, &Patch::Apply(&rb_v))
-        .await?;
+    let wrote = apply_if_changed(&Api::namespaced(client.clone(), ns), sa).await?
+        | apply_if_changed(&Api::namespaced(client.clone(), ns), role).await?
+        | apply_if_changed(&Api::namespaced(client.clone(), ns), binding).await?;
+    if wrote {
+        tracing::info!(namespace = ns, "agent identity applied");
+    }
     Ok(())
 }
 
@@ -413,6 +398,38 @@ pub struct SessionContext {
     pub ctx: Arc<Context>,
     /// Held while counting running siblings and creating a Job.
     slots: tokio::sync::Mutex<()>,
+    /// When the agent identity was last found in place, per namespace: many
+    /// sessions starting at once check it once, not once each.
+    identities: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
+    /// The controller's store of sessions, where children are looked up
+    /// (listing them from the API on every reconcile is quadratic).
+    sessions: Store<AgentSession>,
+}
+
+/// How long a namespace's agent identity is trusted to be in place before
+/// it is checked again (someone may delete it).
+const IDENTITY_RECHECK: Duration = Duration::from_secs(300);
+
+impl SessionContext {
+    fn identities(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, std::time::Instant>> {
+        // A poisoned lock only means a reconcile panicked; the map is still valid.
+        self.identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the agent identity of `ns` should be checked (and applied).
+    fn identity_due(&self, ns: &str) -> bool {
+        self.identities()
+            .get(ns)
+            .is_none_or(|t| t.elapsed() >= IDENTITY_RECHECK)
+    }
+
+    /// Records that the agent identity of `ns` is in place.
+    fn identity_checked(&self, ns: &str) {
+        self.identities()
+            .insert(ns.to_string(), std::time::Instant::now());
+    }
 }
 
 async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Result<Action, Error> {
@@ -428,14 +445,18 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
         ..old.clone()
     };
     let mut requeue = None;
+    let mut provider = None;
 
     // Children: every session whose `parentRef` is this one (by spec, not by
     // label, so a child created by hand counts too), sorted by name.
-    let kids = sessions.list(&ListParams::default()).await?;
-    let mut children: Vec<ChildSession> = kids
-        .items
+    let mut children: Vec<ChildSession> = sctx
+        .sessions
+        .state()
         .iter()
-        .filter(|k| k.spec.parent_ref.as_ref().is_some_and(|p| p.name == name))
+        .filter(|k| {
+            k.namespace().as_deref() == Some(ns.as_str())
+                && k.spec.parent_ref.as_ref().is_some_and(|p| p.name == name)
+        })
         .map(|k| ChildSession {
             name: k.name_any(),
             member: k.spec.member.clone().unwrap_or_default(),
@@ -500,7 +521,10 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
                     });
                 }
             }
-            ensure_agent_rbac(client, &ns).await?;
+            if sctx.identity_due(&ns) {
+                ensure_agent_rbac(client, &ns).await?;
+                sctx.identity_checked(&ns);
+            }
             let built = build_job(
                 &session,
                 agent,
@@ -508,7 +532,12 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
                 &stores,
                 &ctx.config.image,
             );
-            let _slot = sctx.slots.lock().await;
+            // Only children compete for slots; other sessions' Jobs are
+            // created without waiting for each other.
+            let _slot = match session.spec.parent_ref {
+                Some(_) => Some(sctx.slots.lock().await),
+                None => None,
+            };
             let room = match (&session.spec.parent_ref, &team) {
                 (Some(parent), Some(team)) => {
                     let running = jobs
@@ -569,6 +598,7 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
                 (Health::Stalled { message, .. }, SessionPhase::Failed) => Some(message.clone()),
                 _ => None,
             };
+            provider = agent.as_ref().map(|a| a.spec.model.provider);
             status.transcript = agent.as_ref().and_then(|a| {
                 a.spec
                     .memory
@@ -587,6 +617,12 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
         if status.phase != old.phase {
             let phase = status.phase.unwrap_or_default();
             let failed = phase == SessionPhase::Failed;
+            super::metrics::record_finished_session(
+                &session,
+                phase,
+                provider,
+                status.usage.as_ref(),
+            );
             let note = match (&health, failed) {
                 (_, true) => status.message.clone().unwrap_or_default(),
                 (Some(Health::Stalled { message, .. }), _)
@@ -611,47 +647,46 @@ async fn reconcile(session: Arc<AgentSession>, sctx: Arc<SessionContext>) -> Res
 
 /// Runs the AgentSession controller until the watch ends.
 pub async fn run(ctx: Arc<Context>) {
-    let sctx = Arc::new(SessionContext {
-        ctx: ctx.clone(),
-        slots: tokio::sync::Mutex::new(()),
-    });
-    Controller::new(
-        watched_api::<AgentSession>(&ctx),
-        watcher::Config::default(),
-    )
-    .owns(
-        watched_api::<Job>(&ctx),
-        watcher::Config::default().labels("app.kubernetes.io/component=agent"),
-    )
+    // Trimmed streams (see `trim`): owned Jobs as metadata only.
     // A child's change updates its parent's `children`; a finished child
     // frees a slot for its waiting siblings.
-    .watches(
+    let (store, sessions) = trim::reflected_with_parents(
         watched_api::<AgentSession>(&ctx),
         watcher::Config::default(),
-        |child: AgentSession| {
+        |child: &AgentSession| {
             let ns = child.namespace().unwrap_or_default();
             child
                 .spec
                 .parent_ref
                 .as_ref()
                 .map(|p| ObjectRef::<AgentSession>::new(&p.name).within(&ns))
-                .into_iter()
-                .collect::<Vec<_>>()
         },
-    )
-    .shutdown_on_signal()
-    .run(
-        reconcile,
-        |s, e, c: Arc<SessionContext>| shared_error_policy(s, e, c.ctx.clone()),
-        sctx,
-    )
-    .for_each(|r| async move {
-        super::metrics::record_reconcile("agentsession", r.is_ok());
-        if let Err(e) = r {
-            tracing::debug!("agentsession controller: {e}");
-        }
-    })
-    .await;
+    );
+    let jobs = trim::metadata_trigger(
+        watched_api::<PartialObjectMeta<Job>>(&ctx),
+        watcher::Config::default().labels("app.kubernetes.io/component=agent"),
+    );
+    let sctx = Arc::new(SessionContext {
+        ctx: ctx.clone(),
+        slots: tokio::sync::Mutex::new(()),
+        identities: std::sync::Mutex::new(BTreeMap::new()),
+        sessions: store.clone(),
+    });
+    Controller::for_stream(sessions, store)
+        .with_config(trim::controller_config())
+        .owns_stream(jobs)
+        .shutdown_on_signal()
+        .run(
+            super::metrics::observe("agentsession", reconcile),
+            |s, e, c: Arc<SessionContext>| shared_error_policy(s, e, c.ctx.clone()),
+            sctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("agentsession controller: {e}");
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::agent::{
     apply_status, now, publish, ready_status, shared_error_policy, watched_api, STALLED_RECHECK,
 };
 use super::status::{conditions, Health};
-use super::{Context, Error};
+use super::{trim, Context, Error};
 use crate::api::{Agent, AgentTeam, AgentTeamStatus};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -141,35 +142,41 @@ async fn reconcile(team: Arc<AgentTeam>, ctx: Arc<Context>) -> Result<Action, Er
 
 /// Runs the AgentTeam controller until the watch ends.
 pub async fn run(ctx: Arc<Context>) {
-    let controller = Controller::new(watched_api::<AgentTeam>(&ctx), watcher::Config::default());
-    let store = controller.store();
-    controller
-        .owns(
-            watched_api::<PersistentVolumeClaim>(&ctx),
-            watcher::Config::default().labels("app.kubernetes.io/component=workspace"),
-        )
+    // Trimmed streams (see `trim`): claims as metadata only.
+    let (store, teams) =
+        trim::reflected(watched_api::<AgentTeam>(&ctx), watcher::Config::default());
+    let claims = trim::metadata_trigger(
+        watched_api::<PartialObjectMeta<PersistentVolumeClaim>>(&ctx),
+        watcher::Config::default().labels("app.kubernetes.io/component=workspace"),
+    );
+    let agents = trim::metadata_trigger(
+        watched_api::<PartialObjectMeta<Agent>>(&ctx),
+        watcher::Config::default(),
+    );
+    Controller::for_stream(teams, store.clone())
+        .with_config(trim::controller_config())
+        .owns_stream(claims)
         // An Agent turning Ready (or not) changes the health of its teams.
-        .watches(
-            watched_api::<Agent>(&ctx),
-            watcher::Config::default(),
-            move |a: Agent| {
-                let (ns, name) = (a.namespace(), a.name_any());
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|t| {
-                        t.namespace() == ns
-                            && (t.spec.lead.agent_ref.name == name
-                                || t.spec.members.iter().any(|m| m.agent_ref.name == name))
-                    })
-                    .map(|t| ObjectRef::from_obj(t.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(agents, move |a: PartialObjectMeta<Agent>| {
+            let (ns, name) = (a.namespace(), a.name_any());
+            store
+                .state()
+                .into_iter()
+                .filter(|t| {
+                    t.namespace() == ns
+                        && (t.spec.lead.agent_ref.name == name
+                            || t.spec.members.iter().any(|m| m.agent_ref.name == name))
+                })
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
-        .run(reconcile, shared_error_policy, ctx)
+        .run(
+            super::metrics::observe("agentteam", reconcile),
+            shared_error_policy,
+            ctx,
+        )
         .for_each(|r| async move {
-            super::metrics::record_reconcile("agentteam", r.is_ok());
             if let Err(e) = r {
                 tracing::debug!("agentteam controller: {e}");
             }

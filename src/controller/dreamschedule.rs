@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -245,7 +247,12 @@ async fn reconcile(schedule: Arc<DreamSchedule>, ctx: Arc<Context>) -> Result<Ac
     let mut status = previous.clone();
     status.observed_generation = schedule.metadata.generation;
 
-    let store_name = &schedule.spec.store_ref.name;
+    // A multi-store schedule (`storeSelector`) is driven by the fleet
+    // scheduler, not by a CronJob.
+    let Some(store_ref) = &schedule.spec.store_ref else {
+        return Ok(Action::await_change());
+    };
+    let store_name = &store_ref.name;
     let store = Api::<MemoryStore>::namespaced(client.clone(), &ns)
         .get_opt(store_name)
         .await?;
@@ -360,6 +367,7 @@ async fn dream_now(
         .await
     {
         Ok(_) => {
+            crate::memory::apply::fault_point("dream-job-created");
             tracing::info!(
                 namespace = ns,
                 name,
@@ -398,9 +406,9 @@ pub async fn run(ctx: Arc<Context>) {
     let (schedules, crons, jobs, stores) = match &ctx.config.namespace {
         Some(ns) => (
             Api::<DreamSchedule>::namespaced(client.clone(), ns),
-            Api::<CronJob>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
-            Api::<MemoryStore>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<CronJob>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<MemoryStore>>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::all(client.clone()),
@@ -409,41 +417,40 @@ pub async fn run(ctx: Arc<Context>) {
             Api::all(client.clone()),
         ),
     };
-    let controller = Controller::new(schedules, watcher::Config::default());
-    let reader = controller.store();
-    controller
-        .owns(crons, watcher::Config::default().labels(SCHEDULE_LABEL))
-        .watches(
-            jobs,
-            watcher::Config::default().labels(SCHEDULE_LABEL),
-            |job: Job| {
-                let ns = job.namespace();
-                job.labels()
-                    .get(SCHEDULE_LABEL)
-                    .cloned()
-                    .and_then(|s| ns.map(|ns| ObjectRef::new(&s).within(&ns)))
-            },
-        )
-        // A store that appears (or changes its limits) changes the schedules on it.
-        .watches(
-            stores,
-            watcher::Config::default(),
-            move |store: MemoryStore| {
-                let ns = store.namespace();
-                let name = store.name_any();
-                reader
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace() == ns && s.spec.store_ref.name == name)
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            super::metrics::record_reconcile("dreamschedule", r.is_ok());
-            futures::future::ready(())
+    // Trimmed streams (see `trim`): CronJobs, Jobs and stores as metadata only.
+    let (reader, schedules) = trim::reflected(schedules, watcher::Config::default());
+    let crons = trim::metadata_trigger(crons, watcher::Config::default().labels(SCHEDULE_LABEL));
+    let jobs = trim::metadata_trigger(jobs, watcher::Config::default().labels(SCHEDULE_LABEL));
+    let stores = trim::metadata_trigger(stores, watcher::Config::default());
+    Controller::for_stream(schedules, reader.clone())
+        .with_config(trim::controller_config())
+        .owns_stream(crons)
+        .watches_stream(jobs, |job: PartialObjectMeta<Job>| {
+            let ns = job.namespace();
+            job.labels()
+                .get(SCHEDULE_LABEL)
+                .cloned()
+                .and_then(|s| ns.map(|ns| ObjectRef::new(&s).within(&ns)))
         })
+        // A store that appears (or changes its limits) changes the schedules on it.
+        .watches_stream(stores, move |store: PartialObjectMeta<MemoryStore>| {
+            let ns = store.namespace();
+            let name = store.name_any();
+            reader
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.namespace() == ns && s.spec.store_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(
+            super::metrics::observe("dreamschedule", reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
         .await;
 }
 

@@ -258,6 +258,10 @@ pub fn dream_args(schedule: &DreamSchedule, store: &MemoryStore, namespace: &str
         args.push("--instructions".to_string());
         args.push(instructions.join("\n\n"));
     }
+    if let Some(keep) = store.spec.retention.as_ref().and_then(|r| r.sessions) {
+        args.push("--keep-sessions".to_string());
+        args.push(keep.to_string());
+    }
     if let Some(limits) = &store.spec.limits {
         if let Some(b) = limits.max_bytes {
             args.push("--max-bytes".to_string());
@@ -314,6 +318,28 @@ pub fn dream_env(schedule: &DreamSchedule) -> Vec<EnvVar> {
         .collect()
 }
 
+/// The labels and pod of a dream of `schedule` over `store` in `ns`.
+fn dream_pod(
+    schedule: &DreamSchedule,
+    store: &MemoryStore,
+    ns: &str,
+    image: &str,
+    service_account: &str,
+) -> (BTreeMap<String, String>, PodSpec) {
+    let mut labels = store_labels(&store.name_any());
+    labels.insert(SCHEDULE_LABEL.to_string(), schedule.name_any());
+    labels.insert(ROLE_LABEL.to_string(), "dream".to_string());
+    let pod = store_pod(
+        image,
+        service_account,
+        &claim_name(store),
+        "dream",
+        dream_args(schedule, store, ns),
+        dream_env(schedule),
+    );
+    (labels, pod)
+}
+
 /// The CronJob that runs a schedule's dreams, owned by the schedule.
 pub fn dream_cron_job(
     schedule: &DreamSchedule,
@@ -322,18 +348,7 @@ pub fn dream_cron_job(
     service_account: &str,
 ) -> Result<CronJob, Error> {
     let ns = schedule.namespace().unwrap_or_default();
-    let store_name = store.name_any();
-    let mut labels = store_labels(&store_name);
-    labels.insert(SCHEDULE_LABEL.to_string(), schedule.name_any());
-    labels.insert(ROLE_LABEL.to_string(), "dream".to_string());
-    let pod = store_pod(
-        image,
-        service_account,
-        &claim_name(store),
-        "dream",
-        dream_args(schedule, store, &ns),
-        dream_env(schedule),
-    );
+    let (labels, pod) = dream_pod(schedule, store, &ns, image, service_account);
     let spec = &schedule.spec;
     let cron = CronJob {
         metadata: ObjectMeta {
@@ -355,19 +370,9 @@ pub fn dream_cron_job(
                     labels: Some(labels.clone()),
                     ..Default::default()
                 }),
-                spec: Some(JobSpec {
-                    // A dream is cheap to redo at the next tick; retries
-                    // would only repeat a deterministic failure.
-                    backoff_limit: Some(0),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(labels),
-                            ..Default::default()
-                        }),
-                        spec: Some(pod),
-                    },
-                    ..Default::default()
-                }),
+                // A dream is cheap to redo at the next tick; retries would
+                // only repeat a deterministic failure.
+                spec: Some(run_once(labels, pod)),
             },
             ..Default::default()
         },
@@ -394,19 +399,96 @@ pub fn job_from_cron(cron: &CronJob, name: &str, token: &str) -> Result<Job, Err
     })
 }
 
+/// Label naming the run of a multi-store schedule a dream Job belongs to:
+/// `c<unix seconds of the cycle's tick>` or `now-<8 hex of the dream-now token>`.
+pub const RUN_LABEL: &str = "reverie.dev/run";
+/// Annotation with the slot (RFC 3339, milliseconds) a fleet dream was placed at.
+pub const SLOT_ANNOTATION: &str = "reverie.dev/slot";
+
+/// The run key of the cycle that starts at `tick` (unix seconds).
+pub fn cycle_run_key(tick: i64) -> String {
+    format!("c{tick}")
+}
+
+/// The run key of a dream-now token on a multi-store schedule.
+pub fn dream_now_run_key(token: &str) -> String {
+    format!("now-{}", short_hash(token, 8))
+}
+
+/// The Job of one store in one run of a multi-store schedule:
+/// `<store>-dream-<8 hex of schedule/run>`, the same on every reconcile and
+/// every replica, so a store dreams at most once per run.
+pub fn fleet_job_name(schedule: &str, store: &str, run: &str) -> String {
+    bounded_name(
+        store,
+        &format!("dream-{}", short_hash(&format!("{schedule}/{run}"), 8)),
+        MAX_NAME,
+    )
+}
+
+/// The dream Job of `store` for run `run` of the multi-store `schedule`:
+/// the pod of a CronJob dream, in the store's namespace (where its claim
+/// is), owned by the schedule.
+pub fn fleet_dream_job(
+    schedule: &DreamSchedule,
+    store: &MemoryStore,
+    image: &str,
+    service_account: &str,
+    run: &str,
+    slot: &str,
+) -> Result<Job, Error> {
+    let ns = store.namespace().unwrap_or_default();
+    let store_name = store.name_any();
+    let (mut labels, pod) = dream_pod(schedule, store, &ns, image, service_account);
+    labels.insert(RUN_LABEL.to_string(), run.to_string());
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(fleet_job_name(&schedule.name_any(), &store_name, run)),
+            namespace: Some(ns),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                SLOT_ANNOTATION.to_string(),
+                slot.to_string(),
+            )])),
+            owner_references: Some(vec![owner_ref(schedule)?]),
+            ..Default::default()
+        },
+        // As for CronJob dreams: the next cycle redoes a failed dream.
+        spec: Some(run_once(labels, pod)),
+        status: None,
+    })
+}
+
+/// A Job spec that runs `pod` once (`backoffLimit: 0`), its pods labelled
+/// `labels`.
+fn run_once(labels: BTreeMap<String, String>, pod: PodSpec) -> JobSpec {
+    JobSpec {
+        backoff_limit: Some(0),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..Default::default()
+            }),
+            spec: Some(pod),
+        },
+        ..Default::default()
+    }
+}
+
 /// The Job that applies `patch` to the store's claim, owned by the patch.
 pub fn apply_job(
     patch: &MemoryPatch,
     claim: &str,
     image: &str,
     service_account: &str,
+    keep_revisions: Option<u32>,
 ) -> Result<Job, Error> {
     let ns = patch.namespace().unwrap_or_default();
     let name = patch.name_any();
     let mut labels = store_labels(&patch.spec.store_ref.name);
     labels.insert(PATCH_LABEL.to_string(), name.clone());
     labels.insert(ROLE_LABEL.to_string(), "apply".to_string());
-    let args = [
+    let mut args: Vec<String> = [
         "memory",
         "apply",
         "--store",
@@ -421,6 +503,9 @@ pub fn apply_job(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(keep) = keep_revisions {
+        args.extend(["--keep-revisions".to_string(), keep.to_string()]);
+    }
     let pod = store_pod(image, service_account, claim, "apply", args, Vec::new());
     Ok(Job {
         metadata: ObjectMeta {
@@ -430,19 +515,9 @@ pub fn apply_job(
             owner_references: Some(vec![owner_ref(patch)?]),
             ..Default::default()
         },
-        spec: Some(JobSpec {
-            // Exit 3 (conflict) and 2 (invalid) are final; a retry could
-            // only repeat them.
-            backoff_limit: Some(0),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
+        // Exit 3 (conflict) and 2 (invalid) are final; a retry could only
+        // repeat them.
+        spec: Some(run_once(labels, pod)),
         status: None,
     })
 }
@@ -513,6 +588,22 @@ pub struct DreamResult {
     pub entries: u64,
     #[serde(default)]
     pub bytes: u64,
+    /// The LLM pass's usage, when it ran.
+    #[serde(default)]
+    pub llm: Option<super::publish::LlmUsage>,
+    /// Sessions the dream read.
+    #[serde(default)]
+    pub sessions: u64,
+}
+
+impl DreamResult {
+    /// Tokens (input + output) the LLM pass used; what a schedule's
+    /// `budget.tokensPerHour` counts.
+    pub fn llm_tokens(&self) -> u64 {
+        self.llm
+            .as_ref()
+            .map_or(0, |u| u.input_tokens + u.output_tokens)
+    }
 }
 
 /// The JSON an apply pod writes to its termination log: the apply outcome,
@@ -580,7 +671,11 @@ mod tests {
         let mut d = DreamSchedule::new(
             "nightly",
             DreamScheduleSpec {
-                store_ref: LocalRef::new("team"),
+                store_ref: Some(LocalRef::new("team")),
+                store_selector: None,
+                window: None,
+                skip_idle: true,
+                budget: None,
                 schedule: "0 3 * * *".to_string(),
                 time_zone: Some("Europe/Berlin".to_string()),
                 suspend: false,
@@ -613,6 +708,18 @@ mod tests {
         assert_ne!(n, apply_job_name(&"x".repeat(81)));
         assert!(cron_job_name(&long).len() <= 52);
         assert_eq!(claim_name(&store()), "team-memory");
+    }
+
+    #[test]
+    fn retention_reaches_the_dream_and_apply_pods() {
+        let mut s = store();
+        assert!(!dream_args(&schedule(), &s, "ns").contains(&"--keep-sessions".to_string()));
+        s.spec.retention = Some(crate::api::memorystore::Retention {
+            sessions: Some(50),
+            revisions: Some(20),
+        });
+        let args = dream_args(&schedule(), &s, "ns");
+        assert!(args.windows(2).any(|w| w == ["--keep-sessions", "50"]));
     }
 
     #[test]
@@ -761,6 +868,46 @@ mod tests {
     }
 
     #[test]
+    fn fleet_job_dreams_one_store_for_one_run() {
+        let mut s = schedule();
+        s.spec.store_ref = None;
+        let job = fleet_dream_job(&s, &store(), "img", "sa", "c1764558000", "t").expect("job");
+        let name = job.metadata.name.clone().expect("name");
+        assert!(name.starts_with("team-dream-") && name.len() == "team-dream-".len() + 8);
+        assert_eq!(name, fleet_job_name("nightly", "team", "c1764558000"));
+        assert_ne!(name, fleet_job_name("nightly", "team", "c1764644400"));
+        assert_ne!(name, fleet_job_name("other", "team", "c1764558000"));
+        let labels = job.metadata.labels.clone().expect("labels");
+        assert_eq!(
+            labels.get(RUN_LABEL).map(String::as_str),
+            Some("c1764558000")
+        );
+        assert_eq!(
+            labels.get(SCHEDULE_LABEL).map(String::as_str),
+            Some("nightly")
+        );
+        assert_eq!(labels.get(ROLE_LABEL).map(String::as_str), Some("dream"));
+        let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "DreamSchedule");
+        let spec = job.spec.expect("spec");
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("pod labels");
+        assert_eq!(pod_labels.get(RUN_LABEL), labels.get(RUN_LABEL));
+        let args = spec.template.spec.expect("pod").containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert_eq!(args, dream_args(&s, &store(), "ns"));
+        assert!(fleet_job_name(&"s".repeat(70), &"x".repeat(70), "c1").len() <= 63);
+        assert_eq!(dream_now_run_key("tok").len(), "now-".len() + 8);
+        assert_eq!(cycle_run_key(60), "c60");
+    }
+
+    #[test]
     fn apply_job_reads_the_patch_from_the_cluster() {
         let mut p = MemoryPatch::new(
             "team-20261130-abcd",
@@ -772,7 +919,7 @@ mod tests {
             },
         );
         p.metadata = meta("team-20261130-abcd");
-        let job = apply_job(&p, "team-memory", "img", "sa").expect("job");
+        let job = apply_job(&p, "team-memory", "img", "sa", Some(20)).expect("job");
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("team-20261130-abcd-apply")
@@ -787,6 +934,7 @@ mod tests {
             .windows(2)
             .any(|w| w == ["--from-cluster", "ns/team-20261130-abcd"]));
         assert!(args.windows(2).any(|w| w == ["--output", "json"]));
+        assert!(args.windows(2).any(|w| w == ["--keep-revisions", "20"]));
     }
 
     #[test]

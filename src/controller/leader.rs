@@ -48,6 +48,37 @@ impl LeaseConfig {
     }
 }
 
+/// Parses a duration flag: whole seconds, with or without an `s` suffix
+/// (`15`, `15s`); at least one second.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let digits = s.trim().strip_suffix('s').unwrap_or(s.trim());
+    match digits.parse::<u64>() {
+        Ok(0) => Err(format!("{s:?}: must be at least 1s")),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(_) => Err(format!("{s:?} is not a number of seconds like 15s")),
+    }
+}
+
+impl LeaseConfig {
+    /// Sets the lease duration and renew period; the holder must renew at
+    /// least twice per duration, or a slow renewal would hand the lease
+    /// over while the holder still works.
+    pub fn with_timings(
+        mut self,
+        lease_duration: Duration,
+        renew_every: Duration,
+    ) -> Result<Self, String> {
+        if renew_every * 2 > lease_duration {
+            return Err(format!(
+                "the renew period ({renew_every:?}) must be at most half the lease duration ({lease_duration:?})"
+            ));
+        }
+        self.lease_duration = lease_duration;
+        self.renew_every = renew_every;
+        Ok(self)
+    }
+}
+
 /// What this candidate last saw of the lease, to judge expiry locally.
 struct Observed {
     holder: Option<String>,
@@ -196,6 +227,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timings_parse_and_must_leave_room_to_renew() {
+        assert_eq!(parse_seconds("4s"), Ok(Duration::from_secs(4)));
+        assert_eq!(parse_seconds("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_seconds("0s").is_err());
+        assert!(parse_seconds("1m").is_err());
+        let c = LeaseConfig::new("reverie", "ns", "pod-a");
+        let short = c
+            .clone()
+            .with_timings(Duration::from_secs(4), Duration::from_secs(1))
+            .expect("valid");
+        assert_eq!(lease_seconds(&short), 4);
+        assert!(c
+            .with_timings(Duration::from_secs(4), Duration::from_secs(3))
+            .is_err());
+    }
 
     #[test]
     fn default_timings_renew_well_within_the_lease() {

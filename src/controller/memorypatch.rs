@@ -12,11 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -211,6 +213,14 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
     let job_name = apply_job_name(&name);
     let job = jobs.get_opt(&job_name).await?;
 
+    // A part of a split patch waits until its whole group exists (a dream
+    // killed mid-publish must not leave half a proposal approvable).
+    let gap = if job.is_none() && decision(&patch) != Decision::Rejected {
+        super::publish::group_gap(client, &ns, &patch).await?
+    } else {
+        None
+    };
+
     let next = if let Some(job) = job {
         // An apply ran or runs: its result is the patch's fate.
         let state = job_state(&job);
@@ -251,6 +261,14 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
                 format!("MemoryStore {store_name} not found in namespace {ns}"),
             ),
         )
+    } else if let Some(waiting) = gap {
+        let mut n = Next::new(
+            PatchPhase::Pending,
+            waiting.clone(),
+            Health::reconciling("IncompleteGroup", waiting),
+        );
+        n.requeue = Some(Duration::from_secs(10));
+        n
     } else {
         match decision(&patch) {
             Decision::Rejected => {
@@ -294,12 +312,14 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
                             &claim_name(store),
                             &ctx.config.image,
                             &ctx.config.worker_service_account,
+                            store.spec.retention.as_ref().and_then(|r| r.revisions),
                         )?;
                         match jobs.create(&PostParams::default(), &job).await {
                             Ok(_) => {}
                             Err(kube::Error::Api(s)) if s.code == 409 => {}
                             Err(e) => return Err(e.into()),
                         }
+                        crate::memory::apply::fault_point("apply-job-created");
                         tracing::info!(namespace = ns, name, job = job_name, "apply job created");
                         Next::new(
                             PatchPhase::Applying,
@@ -347,6 +367,10 @@ async fn reconcile(patch: Arc<MemoryPatch>, ctx: Arc<Context>) -> Result<Action,
         && previous.phase != Some(next.phase)
     {
         tracing::info!(namespace = ns, name, phase = ?next.phase, message = next.message, "patch phase changed");
+        if next.phase == PatchPhase::Applied {
+            // Counted on the recorded transition, once per patch.
+            super::metrics::metrics().record_applied_ops(&patch);
+        }
         let warning = matches!(next.phase, PatchPhase::Conflicted | PatchPhase::Failed);
         event(
             client,
@@ -432,20 +456,26 @@ pub async fn run(ctx: Arc<Context>) {
     let (patches, jobs) = match &ctx.config.namespace {
         Some(ns) => (
             Api::<MemoryPatch>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    Controller::new(patches, watcher::Config::default())
-        .owns(
-            jobs,
-            watcher::Config::default().labels(super::jobs::PATCH_LABEL),
+    // Trimmed streams (see `trim`): owned Jobs as metadata only.
+    let (reader, patches) = trim::reflected(patches, watcher::Config::default());
+    super::metrics::metrics().watch_patches(reader.clone());
+    let jobs = trim::metadata_trigger(
+        jobs,
+        watcher::Config::default().labels(super::jobs::PATCH_LABEL),
+    );
+    Controller::for_stream(patches, reader)
+        .with_config(trim::controller_config())
+        .owns_stream(jobs)
+        .run(
+            super::metrics::observe("memorypatch", reconcile),
+            error_policy,
+            ctx,
         )
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            super::metrics::record_reconcile("memorypatch", r.is_ok());
-            futures::future::ready(())
-        })
+        .for_each(|_| futures::future::ready(()))
         .await;
 }
 

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -19,16 +20,19 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
+use super::dreamschedule::finished_at;
 use super::jobs::{
     claim_name, job_state, owner_ref, parse_result, pod_termination, store_labels, ApplyResult,
     DreamResult, JobState, ROLE_LABEL,
 };
+use super::publish::LlmUsage;
 use super::status::{conditions, Health};
 use super::writes::{apply_if_changed, event, now, write_status};
 use super::{workers, Context, Error};
@@ -89,6 +93,8 @@ pub struct JobReport {
     pub revision: Option<u64>,
     pub entries: Option<u64>,
     pub bytes: Option<u64>,
+    /// A dream's LLM usage, when its LLM pass ran.
+    pub llm: Option<LlmUsage>,
 }
 
 /// Folds job reports (in any order) into the store's figures: the newest
@@ -116,15 +122,63 @@ pub fn is_open(phase: Option<PatchPhase>) -> bool {
     )
 }
 
-/// The reports of the successful jobs of `store`, read from their pods'
-/// termination messages.
-async fn job_reports(client: &Client, ns: &str, store: &str) -> Result<Vec<JobReport>, Error> {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let lp = ListParams::default().labels(&format!("{STORE_LABEL}={store}"));
+/// A dream Job that finished after the store's `lastFinishedDream`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishedDream {
+    /// The Job's [`super::metrics::object_key`].
+    pub job: String,
+    /// The Job's name.
+    pub name: String,
+    pub succeeded: bool,
+    /// From the Job's start to its completion (or failure).
+    pub took: Option<Duration>,
+}
+
+/// The dream Jobs among `jobs` that finished after `since` (all finished
+/// ones when `since` is `None`), and the new watermark: the newest finish
+/// time seen, or `since` when none is newer.
+pub fn dreams_finished_after(
+    jobs: &[Job],
+    since: Option<&Time>,
+) -> (Vec<FinishedDream>, Option<Time>) {
+    let mut newest = since.cloned();
     let mut out = Vec::new();
-    for job in jobs.list(&lp).await? {
-        if job_state(&job) != JobState::Succeeded {
+    for job in jobs {
+        if job.labels().get(ROLE_LABEL).map(String::as_str) != Some("dream") {
+            continue;
+        }
+        let state = job_state(job);
+        let Some(done) = finished_at(job).filter(|_| state != JobState::Running) else {
+            continue;
+        };
+        if since.is_some_and(|s| done.0 <= s.0) {
+            continue;
+        }
+        let took = job
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .and_then(|start| Duration::try_from(done.0.duration_since(start.0)).ok());
+        out.push(FinishedDream {
+            job: super::metrics::object_key(job),
+            name: job.name_any(),
+            succeeded: state == JobState::Succeeded,
+            took,
+        });
+        if newest.as_ref().is_none_or(|n| done.0 > n.0) {
+            newest = Some(done);
+        }
+    }
+    (out, newest)
+}
+
+/// The reports of the successful jobs among `jobs` (the store's), read from
+/// their pods' termination messages.
+async fn job_reports(client: &Client, ns: &str, jobs: &[Job]) -> Result<Vec<JobReport>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut out = Vec::new();
+    for job in jobs {
+        if job_state(job) != JobState::Succeeded {
             continue;
         }
         let name = job.name_any();
@@ -150,6 +204,7 @@ async fn job_reports(client: &Client, ns: &str, store: &str) -> Result<Vec<JobRe
                 revision: Some(d.revision),
                 entries: Some(d.entries),
                 bytes: Some(d.bytes),
+                llm: d.llm,
             }),
             _ => parse_result::<ApplyResult>(&message).map(|a| JobReport {
                 finished,
@@ -158,6 +213,7 @@ async fn job_reports(client: &Client, ns: &str, store: &str) -> Result<Vec<JobRe
                 revision: a.revision,
                 entries: a.entries,
                 bytes: a.bytes,
+                llm: None,
             }),
         };
         out.extend(report);
@@ -234,7 +290,18 @@ async fn apply(store: &MemoryStore, ctx: &Context, ns: &str) -> Result<Action, E
 
     let previous = store.status.clone().unwrap_or_default();
     let mut status = previous.clone();
-    fold_reports(job_reports(client, ns, &name).await?, &mut status);
+    let jobs = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{STORE_LABEL}={name}")))
+        .await?
+        .items;
+    let reports = job_reports(client, ns, &jobs).await?;
+    let llm_of: BTreeMap<String, LlmUsage> = reports
+        .iter()
+        .filter_map(|r| r.llm.clone().map(|u| (r.name.clone(), u)))
+        .collect();
+    fold_reports(reports, &mut status);
+    let (dreams, watermark) = dreams_finished_after(&jobs, previous.last_finished_dream.as_ref());
+    status.last_finished_dream = watermark;
     let pending = store_patches(client, ns, &name)
         .await?
         .iter()
@@ -253,6 +320,17 @@ async fn apply(store: &MemoryStore, ctx: &Context, ns: &str) -> Result<Action, E
         != status.conditions.first().map(|c| &c.reason);
     if write_status(&api_of(ctx, ns), store, store.status.as_ref(), &status).await? {
         tracing::info!(namespace = ns, name, revision = ?status.revision, pending, "store status updated");
+        // Counted only once the new watermark is recorded, so a failed
+        // write (retried) does not count the same Jobs twice.
+        let m = super::metrics::metrics();
+        for d in &dreams {
+            if let (true, Some(u)) = (
+                m.record_dream(&d.job, d.succeeded, d.took),
+                llm_of.get(&d.name),
+            ) {
+                m.record_llm(&u.provider, u.input_tokens, u.output_tokens, u.errors);
+            }
+        }
     }
     if changed_health {
         let (warning, reason, msg) = match &health {
@@ -332,8 +410,8 @@ pub async fn run(ctx: Arc<Context>) {
     let (stores, claims, jobs, patches) = match &ctx.config.namespace {
         Some(ns) => (
             Api::<MemoryStore>::namespaced(client.clone(), ns),
-            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<PersistentVolumeClaim>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
             Api::<MemoryPatch>::namespaced(client.clone(), ns),
         ),
         None => (
@@ -343,25 +421,32 @@ pub async fn run(ctx: Arc<Context>) {
             Api::all(client.clone()),
         ),
     };
+    // Trimmed streams (see `trim`): claims and Jobs as metadata only.
     let managed = watcher::Config::default().labels(STORE_LABEL);
-    Controller::new(stores, watcher::Config::default())
-        .owns(claims, managed.clone())
-        .watches(jobs, managed, |job: Job| {
+    let (reader, stores) = trim::reflected(stores, watcher::Config::default());
+    let claims = trim::metadata_trigger(claims, managed.clone());
+    let jobs = trim::metadata_trigger(jobs, managed);
+    let patches = trim::trigger(patches, watcher::Config::default());
+    Controller::for_stream(stores, reader)
+        .with_config(trim::controller_config())
+        .owns_stream(claims)
+        .watches_stream(jobs, |job: PartialObjectMeta<Job>| {
             let ns = job.namespace();
             job.labels()
                 .get(STORE_LABEL)
                 .cloned()
                 .and_then(|s| ns.map(|ns| ObjectRef::new(&s).within(&ns)))
         })
-        .watches(patches, watcher::Config::default(), |p: MemoryPatch| {
+        .watches_stream(patches, |p: MemoryPatch| {
             p.namespace()
                 .map(|ns| ObjectRef::new(&p.spec.store_ref.name).within(&ns))
         })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| {
-            super::metrics::record_reconcile("memorystore", r.is_ok());
-            futures::future::ready(())
-        })
+        .run(
+            super::metrics::observe("memorystore", reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
         .await;
 }
 
@@ -416,6 +501,7 @@ mod tests {
             revision: Some(rev),
             entries: Some(rev * 10),
             bytes: Some(rev * 100),
+            llm: None,
         };
         let mut s = MemoryStoreStatus::default();
         fold_reports(
@@ -431,5 +517,77 @@ mod tests {
         assert_eq!(s.last_dream, t("2026-11-30T09:00:00Z"));
         assert!(is_open(None));
         assert!(!is_open(Some(PatchPhase::Applied)));
+    }
+
+    fn dream_job(name: &str, role: &str, cond: Option<&str>, start: &str, end: &str) -> Job {
+        let mut status = serde_json::json!({"startTime": start});
+        if let Some(c) = cond {
+            status["conditions"] =
+                serde_json::json!([{"type": c, "status": "True", "lastTransitionTime": end}]);
+            if c == "Complete" {
+                status["completionTime"] = serde_json::json!(end);
+            }
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {ROLE_LABEL: role}},
+            "status": status,
+        }))
+        .expect("job")
+    }
+
+    #[test]
+    fn each_finished_dream_is_counted_once() {
+        let jobs = vec![
+            dream_job(
+                "d1",
+                "dream",
+                Some("Complete"),
+                "2026-11-30T09:00:00Z",
+                "2026-11-30T09:00:42Z",
+            ),
+            dream_job(
+                "d2",
+                "dream",
+                Some("Failed"),
+                "2026-11-30T10:00:00Z",
+                "2026-11-30T10:00:05Z",
+            ),
+            dream_job("d3", "dream", None, "2026-11-30T11:00:00Z", ""),
+            dream_job(
+                "a1",
+                "apply",
+                Some("Complete"),
+                "2026-11-30T12:00:00Z",
+                "2026-11-30T12:00:01Z",
+            ),
+        ];
+        let (first, mark) = dreams_finished_after(&jobs, None);
+        assert_eq!(
+            first,
+            vec![
+                FinishedDream {
+                    job: "Job//d1".to_string(),
+                    name: "d1".to_string(),
+                    succeeded: true,
+                    took: Some(Duration::from_secs(42))
+                },
+                FinishedDream {
+                    job: "Job//d2".to_string(),
+                    name: "d2".to_string(),
+                    succeeded: false,
+                    took: Some(Duration::from_secs(5))
+                },
+            ]
+        );
+        assert_eq!(mark, t("2026-11-30T10:00:05Z"));
+        // The next reconcile (or a restarted controller) reads the watermark
+        // from the status and counts nothing again.
+        let (again, same) = dreams_finished_after(&jobs, mark.as_ref());
+        assert!(again.is_empty());
+        assert_eq!(same, mark);
+        let (later, newer) = dreams_finished_after(&jobs, t("2026-11-30T09:30:00Z").as_ref());
+        assert_eq!(later.len(), 1);
+        assert!(!later[0].succeeded);
+        assert_eq!(newer, mark);
     }
 }

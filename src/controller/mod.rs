@@ -9,13 +9,16 @@ pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod status;
+pub mod trim;
 
 // The dream loop: stores, schedules, patches and the pods they start.
 pub mod dreamschedule;
+pub mod fleet;
 pub mod jobs;
 pub mod memorypatch;
 pub mod memorystore;
 pub mod publish;
+pub mod scheduler;
 pub mod workers;
 pub mod writes;
 
@@ -57,7 +60,7 @@ pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {
     let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = vec![];
     controllers.extend(agents_controllers(ctx.clone()));
     controllers.extend(dream_loop_controllers(ctx.clone()));
-    futures::future::join_all(controllers).await;
+    futures::future::join_all(controllers.into_iter().map(metrics::until_stopped)).await;
     Ok(())
 }
 
@@ -81,6 +84,7 @@ pub fn dream_loop_controllers(
     vec![
         memorystore::run(ctx.clone()).boxed(),
         dreamschedule::run(ctx.clone()).boxed(),
+        fleet::run(ctx.clone()).boxed(),
         memorypatch::run(ctx).boxed(),
     ]
 }

@@ -11,11 +11,13 @@
 //! winner); when a session states a value newer than every entry, the most
 //! recent conflicting entry is updated to it instead. Both are never kept.
 
+use super::index::TokenSets;
 use super::text::{self, clip};
 use super::{Corpus, DreamOptions, Event, LineRef, MemoryEntry, Session};
 use crate::api::{Evidence, PatchOp, Reason};
 use crate::memory::entry_id;
 use chrono::{DateTime, NaiveDate, Utc};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
@@ -405,8 +407,39 @@ fn key_value_token(tok: &Tok, text: &str) -> Option<(Vec<Tok>, Vec<Tok>)> {
     Some((vec![key], vec![val]))
 }
 
+/// True when `text` may state a fact: it has a `:` or `=` (key/value
+/// forms, the `:` and `=` verbs), or a token that starts a verb phrase or
+/// is a transitive change verb. Every fact needs one of these, so the rest
+/// of a large store is skipped without building tokens (the first words
+/// are `raw_tokens`, which is what `tokens` yields for a text without `:`
+/// and `=`).
+fn may_state_fact(text: &str) -> bool {
+    if text.contains([':', '=']) {
+        return true;
+    }
+    static FIRST: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let first = FIRST.get_or_init(|| {
+        let mut v: Vec<&'static str> = VERBS
+            .iter()
+            .filter_map(|(phrase, _)| phrase.first().copied())
+            .chain(TRANSITIVE.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    });
+    let mut found = false;
+    super::index::for_each_token(text, |t| {
+        found = found || first.binary_search(&t).is_ok();
+    });
+    found
+}
+
 /// Extracts the facts of a text (one per clause at most).
 pub(crate) fn facts(text: &str) -> Vec<Fact> {
+    if !may_state_fact(text) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for (range, question) in clauses(text) {
         if question {
@@ -712,35 +745,78 @@ fn has_env(words: &BTreeSet<String>) -> bool {
 /// Session lines and the words of each of their clauses.
 struct Said<'a> {
     lines: &'a [SessionLine<'a>],
-    /// (index into `lines`, clause range, clause words), in line order.
-    clause_words: Vec<(usize, Range<usize>, BTreeSet<String>)>,
-    /// Word → the clauses (indices into `clause_words`, ascending) that
-    /// hold it, so a value's confirmations are looked up through its
+    /// (index into `lines`, clause range), in line order.
+    clauses: Vec<(usize, Range<usize>)>,
+    /// The words of each clause, interned (a `BTreeSet<String>` per clause
+    /// was most of this analysis's memory on large corpora).
+    words: TokenSets,
+    /// Critical word id → the clauses (indices into `clauses`, ascending)
+    /// that hold it, so a value's confirmations are looked up through its
     /// rarest critical token instead of scanning every clause per entry
-    /// (which made this analysis quadratic in the corpus).
-    index: std::collections::HashMap<String, Vec<usize>>,
+    /// (which made this analysis quadratic in the corpus). Only critical
+    /// words are asked for, so only they are indexed.
+    index: BTreeMap<u32, Vec<u32>>,
 }
 
-impl Said<'_> {
+impl<'a> Said<'a> {
+    fn new(lines: &'a [SessionLine<'a>]) -> Self {
+        let clauses: Vec<(usize, Range<usize>)> = lines
+            .iter()
+            .enumerate()
+            .flat_map(|(li, line)| clauses(line.text).into_iter().map(move |(r, _)| (li, r)))
+            .collect();
+        let words = TokenSets::of_texts(&clauses, |(li, r)| &lines[*li].text[r.clone()]);
+        let critical = words.vocab.flags(text::is_critical);
+        let mut index: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for ci in 0..words.len() {
+            for &w in words.of(ci) {
+                if critical[w as usize] {
+                    index.entry(w).or_default().push(ci as u32);
+                }
+            }
+        }
+        Said {
+            lines,
+            clauses,
+            words,
+            index,
+        }
+    }
+
     /// The clauses that may hold every token of `tokens`, in clause order:
     /// the posting list of the rarest one (none when a token occurs
     /// nowhere); every clause when `tokens` is empty.
     fn candidates(&self, tokens: &BTreeSet<String>) -> Vec<usize> {
         if tokens.is_empty() {
-            return (0..self.clause_words.len()).collect();
+            return (0..self.clauses.len()).collect();
         }
-        let mut rarest: Option<&Vec<usize>> = None;
+        let mut rarest: Option<Vec<usize>> = None;
         for t in tokens {
-            match self.index.get(t) {
-                None => return Vec::new(),
-                Some(list) => {
-                    if rarest.is_none_or(|r| list.len() < r.len()) {
-                        rarest = Some(list);
-                    }
-                }
+            let Some(id) = self.words.vocab.id(t) else {
+                return Vec::new();
+            };
+            let list: Vec<usize> = match self.index.get(&id) {
+                Some(list) => list.iter().map(|&c| c as usize).collect(),
+                // Not a critical word: not indexed, so found by a scan.
+                None => (0..self.clauses.len())
+                    .filter(|&c| self.words.contains(c, id))
+                    .collect(),
+            };
+            if rarest.as_ref().is_none_or(|r| list.len() < r.len()) {
+                rarest = Some(list);
             }
         }
-        rarest.cloned().unwrap_or_default()
+        rarest.unwrap_or_default()
+    }
+
+    /// Clause `ci` holds every word of `words`.
+    fn holds_all(&self, ci: usize, words: &BTreeSet<String>) -> bool {
+        words.iter().all(|w| {
+            self.words
+                .vocab
+                .id(w)
+                .is_some_and(|id| self.words.contains(ci, id))
+        })
     }
 }
 
@@ -763,8 +839,15 @@ struct LineFact<'a, 'b> {
 pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
     // Entry facts, grouped by subject.
     let mut groups: BTreeMap<BTreeSet<String>, Vec<EntryFact>> = BTreeMap::new();
-    for (idx, m) in corpus.memories.iter().enumerate() {
-        for fact in facts(&m.entry.text) {
+    // Fact extraction is per text and independent: done in parallel, then
+    // grouped in corpus order.
+    let entry_facts: Vec<Vec<Fact>> = corpus
+        .memories
+        .par_iter()
+        .map(|m| facts(&m.entry.text))
+        .collect();
+    for (idx, (m, found)) in corpus.memories.iter().zip(entry_facts).enumerate() {
+        for fact in found {
             let mut subject = fact.subject.clone();
             if !has_env(&subject) {
                 subject.extend(section_envs(m));
@@ -781,30 +864,11 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
     // Session facts, by the subjects they could be about.
     let lines = session_lines(corpus);
     // The words of every session clause, for confirmations.
-    let clause_words: Vec<(usize, Range<usize>, BTreeSet<String>)> = lines
-        .iter()
-        .enumerate()
-        .flat_map(|(li, line)| {
-            clauses(line.text).into_iter().map(move |(r, _)| {
-                let words = text::raw_tokens(&line.text[r.clone()]).collect();
-                (li, r, words)
-            })
-        })
-        .collect();
-    let mut index: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
-    for (ci, (_, _, words)) in clause_words.iter().enumerate() {
-        for w in words {
-            index.entry(w.clone()).or_default().push(ci);
-        }
-    }
-    let said = Said {
-        lines: &lines,
-        clause_words,
-        index,
-    };
+    let said = Said::new(&lines);
     let mut stated: BTreeMap<BTreeSet<String>, Vec<LineFact<'_, '_>>> = BTreeMap::new();
-    for line in &lines {
-        for fact in facts(line.text) {
+    let line_facts: Vec<Vec<Fact>> = lines.par_iter().map(|l| facts(l.text)).collect();
+    for (line, found) in lines.iter().zip(line_facts) {
+        for fact in found {
             let mut keys = vec![fact.subject.clone()];
             if fact.phrase != fact.subject && !fact.phrase.is_empty() {
                 keys.push(fact.phrase.clone());
@@ -884,14 +948,12 @@ fn resolve(
         }
         if let Value::Critical { critical, .. } = &ef.fact.value {
             for ci in said.candidates(critical) {
-                let (li, clause, words) = &said.clause_words[ci];
+                let (li, clause) = &said.clauses[ci];
                 let line = &said.lines[*li];
                 let contradicted_here = statements
                     .iter()
                     .any(|s| s.line.at == line.at && s.fact.value.conflicts(&ef.fact.value, verb));
-                if !contradicted_here
-                    && subject.iter().all(|w| words.contains(w))
-                    && critical.iter().all(|c| words.contains(c))
+                if !contradicted_here && said.holds_all(ci, subject) && said.holds_all(ci, critical)
                 {
                     found.push((line.stamp, line.at, line_evidence(line, clause.clone())));
                 }

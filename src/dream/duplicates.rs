@@ -66,23 +66,24 @@ pub struct Features {
     pub guard: u64,
 }
 
-/// Computes the features of a text.
+/// Computes the features of a text: one pass over its tokens, hashing
+/// each content word in place (no `String` per word: this runs on every
+/// entry of the store).
 pub fn features(t: &str) -> Features {
-    let mut words: Vec<u64> = text::words(t)
-        .iter()
-        .map(|w| xxh3_64(w.as_bytes()))
-        .collect();
-    words.sort_unstable();
-    words.dedup();
-    // One pass for both the critical tokens and the negation flag.
+    let mut words: Vec<u64> = Vec::new();
     let mut critical = BTreeSet::new();
     let mut negated = false;
-    for tok in text::raw_tokens(t) {
-        negated |= is_negation(&tok);
-        if text::is_critical(&tok) {
-            critical.insert(tok);
+    super::index::for_each_token(t, |tok| {
+        if !text::is_stopword(tok) {
+            words.push(xxh3_64(tok.as_bytes()));
         }
-    }
+        negated |= is_negation(tok);
+        if text::is_critical(tok) {
+            critical.insert(tok.to_string());
+        }
+    });
+    words.sort_unstable();
+    words.dedup();
     let mut guard_src = String::new();
     for c in critical {
         guard_src.push_str(&c);

@@ -6,6 +6,7 @@
 //! (merging a stale entry would keep it alive), then new entries from the
 //! sessions, then the budget, which sees every op before it.
 
+use super::index::Shared;
 use super::{
     budget, contradictions, duplicates, errors, methods, preferences, stale, Corpus, DreamError,
     DreamOptions, IngestReport,
@@ -13,6 +14,7 @@ use super::{
 use crate::api::{LocalRef, MemoryPatch, MemoryPatchSpec, OpKind, PatchOp, Reason};
 use crate::memory::{entry_id, layout};
 use chrono::{DateTime, Utc};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -222,18 +224,20 @@ pub fn analyse(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     analyse_with_report(corpus, opts).0
 }
 
-/// An analysis: a pure function from the corpus to proposed ops.
-pub type Analysis = fn(&Corpus, &DreamOptions) -> Vec<PatchOp>;
+/// An analysis: a pure function from the corpus to proposed ops. `Shared`
+/// holds what several analyses derive from the corpus (built on first
+/// use); pass a fresh one to run an analysis alone.
+pub type Analysis = fn(&Corpus, &DreamOptions, &Shared) -> Vec<PatchOp>;
 
 /// The analyses in the order [`analyse`] runs them (earlier ones win
 /// overlaps); the bench times them one by one from this list.
 pub const STAGES: [(&str, Analysis); 6] = [
-    ("stale", stale::find),
-    ("contradictions", contradictions::find),
-    ("duplicates", duplicates::find),
-    ("errors", errors::find),
-    ("methods", methods::find),
-    ("preferences", preferences::find),
+    ("stale", stale::find_with),
+    ("contradictions", |c, o, _| contradictions::find(c, o)),
+    ("duplicates", |c, o, _| duplicates::find(c, o)),
+    ("errors", errors::find_with),
+    ("methods", |c, o, _| methods::find(c, o)),
+    ("preferences", preferences::find_with),
 ];
 
 /// [`analyse`], also returning the ops that were dropped and why.
@@ -252,8 +256,24 @@ pub fn analyse_with_report(corpus: &Corpus, opts: &DreamOptions) -> (Vec<PatchOp
             }
         }
     };
-    for (name, analysis) in STAGES {
-        let found = analysis(corpus, opts);
+    // The analyses share the interned token sets of the entries. They are
+    // built here, before the analyses run side by side: built lazily from
+    // inside one of them, a rayon worker waiting in that build could pick
+    // up another analysis that waits on the same `OnceLock` (a deadlock).
+    // Only the analyses that read sessions use them.
+    let shared = Shared::default();
+    if !corpus.sessions.is_empty() {
+        shared.entry_words(corpus);
+    }
+    // The analyses are independent pure functions of the corpus: they run
+    // in parallel, and their ops are resolved in `STAGES` order, so the
+    // result is the same as running them one after the other.
+    let found: Vec<Vec<PatchOp>> = STAGES
+        .par_iter()
+        .map(|(_, analysis)| analysis(corpus, opts, &shared))
+        .collect();
+    drop(shared);
+    for ((name, _), found) in STAGES.iter().zip(found) {
         tracing::debug!(analysis = name, ops = found.len(), "analysis done");
         take(found, &mut ops, &mut resolver);
     }

@@ -9,11 +9,12 @@
 //! `min_sessions` sessions with a known fix becomes one `add` to
 //! `lessons.md`; an error seen once is noise.
 
+use super::index::{EntryWords, Shared};
 use super::methods::{
     call_input_text, capitalise, command_program, command_verb, is_edit, is_look_only, is_shell,
     step_verb, tool_calls,
 };
-use super::text::{clip, jaccard, word_jaccard, words};
+use super::text::{clip, word_jaccard, words};
 use super::{Corpus, DreamOptions, Session, ToolCall};
 use crate::api::{Evidence, OpKind, PatchOp, Reason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -475,15 +476,10 @@ fn section_for(call: &ToolCall) -> String {
 
 /// True when memory already holds this lesson: an entry that reads nearly
 /// the same, or one that names the error and the fix.
-/// `memory_words` holds the content words of every entry, computed once for
-/// all lessons: normalising the whole store again per lesson made this
-/// stage cost lessons × entries tokenisations.
-fn already_known(
-    content: &str,
-    shown: &str,
-    advice: &str,
-    memory_words: &[BTreeSet<String>],
-) -> bool {
+/// Entries are read through the dream's shared interned token sets: one
+/// flag per word of the lesson, then integer counts per entry, instead of
+/// a `BTreeSet<String>` per entry (lessons × entries string comparisons).
+fn already_known(content: &str, shown: &str, advice: &str, words: &EntryWords) -> bool {
     // Labels like `error:` say nothing about which error it is, and the
     // advice's own verbs say nothing about which fix it is.
     let sig_words = meaning_words(shown, &["error", "fatal", "err", "failed", "e"]);
@@ -500,36 +496,55 @@ fn already_known(
             "failure",
         ],
     );
-    let share = |want: &BTreeSet<String>, have: &BTreeSet<String>| {
-        if want.is_empty() {
+    let content_words: BTreeSet<String> = super::text::words(content).into_iter().collect();
+    // Per vocabulary word: bit 0 in the content, bit 1 in the signature,
+    // bit 2 in the fix, bit 3 a stopword (not a content word of an entry).
+    let mut flags: Vec<u8> = words
+        .vocab
+        .flags(super::text::is_stopword)
+        .into_iter()
+        .map(|stop| if stop { 8 } else { 0 })
+        .collect();
+    for (bit, set) in [(1u8, &content_words), (2, &sig_words), (4, &fix_words)] {
+        for w in set {
+            if let Some(id) = words.vocab.id(w) {
+                flags[id as usize] |= bit;
+            }
+        }
+    }
+    let share = |have: usize, want: usize| {
+        if want == 0 {
             0.0
         } else {
-            want.intersection(have).count() as f64 / want.len() as f64
+            have as f64 / want as f64
         }
     };
-    let content_words: BTreeSet<String> = words(content).into_iter().collect();
-    memory_words.iter().any(|entry_words| {
-        if jaccard(&content_words, entry_words) >= 0.6 {
+    (0..words.len()).any(|i| {
+        let (mut len, mut content, mut sig, mut fix) = (0usize, 0usize, 0usize, 0usize);
+        for &id in words.of(i) {
+            let f = flags[id as usize];
+            if f & 8 != 0 {
+                continue;
+            }
+            len += 1;
+            content += usize::from(f & 1 != 0);
+            sig += usize::from(f & 2 != 0);
+            fix += usize::from(f & 4 != 0);
+        }
+        let union = content_words.len() + len - content;
+        let jaccard = if union == 0 {
+            1.0
+        } else {
+            content as f64 / union as f64
+        };
+        if jaccard >= 0.6 {
             return true;
         }
-        let (error, fix) = (
-            share(&sig_words, entry_words),
-            share(&fix_words, entry_words),
-        );
+        let (error, fix) = (share(sig, sig_words.len()), share(fix, fix_words.len()));
         // Names the error and the fix; or gives the whole fix command for
         // an error it describes in its own words.
         (error >= 0.75 && fix >= 0.75) || (fix_words.len() >= 2 && fix >= 1.0 && error >= 0.25)
     })
-}
-
-/// The content words of every memory entry, in corpus order.
-fn memory_word_sets(corpus: &Corpus) -> Vec<BTreeSet<String>> {
-    use rayon::prelude::*;
-    corpus
-        .memories
-        .par_iter()
-        .map(|m| words(&m.entry.text).into_iter().collect())
-        .collect()
 }
 
 /// Content words of a masked text, without placeholders and `ignore`.
@@ -592,6 +607,11 @@ fn generalise(advice: &str) -> String {
 
 /// Finds recurring errors with a known fix; deterministic.
 pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
+    find_with(corpus, opts, &Shared::default())
+}
+
+/// [`find`] with the token sets the dream's analyses share.
+pub fn find_with(corpus: &Corpus, opts: &DreamOptions, shared: &Shared) -> Vec<PatchOp> {
     let min_sessions = opts.min_sessions.max(1);
     // Signature → occurrences in corpus order; BTreeMap key order is not
     // the output order (that is first occurrence), it only groups.
@@ -623,7 +643,6 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     let mut order: Vec<(&ErrorSignature, &(usize, u64))> = first_seen.iter().collect();
     order.sort_by_key(|(sig, pos)| (**pos, (*sig).clone()));
 
-    let memory_words: std::cell::OnceCell<Vec<BTreeSet<String>>> = std::cell::OnceCell::new();
     let mut ops = Vec::new();
     for (sig, _) in order {
         let Some(occurrences) = groups.get(sig) else {
@@ -677,8 +696,7 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
             advice,
             fix.example
         );
-        let memory_words = memory_words.get_or_init(|| memory_word_sets(corpus));
-        if already_known(&content, shown, &advice, memory_words) {
+        if already_known(&content, shown, &advice, shared.entry_words(corpus)) {
             tracing::debug!(error = %sig.text, "lesson already in memory");
             continue;
         }

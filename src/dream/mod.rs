@@ -10,6 +10,7 @@ pub mod contradictions;
 pub mod duplicates;
 pub mod emit;
 pub mod errors;
+pub mod index;
 pub mod ingest;
 pub mod llm;
 pub mod methods;

@@ -8,7 +8,8 @@
 //! critical tokens (port 8080 is not port 3000). A group given to at least
 //! two distinct agents becomes one entry under `Shared` in `preferences.md`.
 
-use super::text::{clip, critical_tokens, jaccard, raw_tokens, words};
+use super::index::{EntryWords, Shared, Vocab};
+use super::text::{clip, critical_tokens, is_critical, is_stopword, jaccard, raw_tokens, words};
 use super::{Corpus, DreamOptions, Event, LineRef};
 use crate::api::{Evidence, OpKind, PatchOp, Reason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -342,6 +343,94 @@ fn find_root(parent: &mut [usize], i: usize) -> usize {
 
 /// Finds preferences given to two or more agents; deterministic.
 pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
+    find_with(corpus, opts, &Shared::default())
+}
+
+/// The [`PreferenceKey`] parts of every memory entry, derived per word of
+/// the shared vocabulary rather than per entry: stems, critical tokens and
+/// negations are computed once for each distinct word.
+struct MemoryKeys<'w> {
+    words: &'w EntryWords,
+    negation: Vec<bool>,
+    critical: Vec<bool>,
+    /// The stem id of a content word (not a stopword or filler).
+    stem: Vec<Option<u32>>,
+    stems: Vocab,
+}
+
+impl<'w> MemoryKeys<'w> {
+    fn new(words: &'w EntryWords) -> Self {
+        let negation = words.vocab.flags(|w| NEGATIONS.contains(&w));
+        let critical = words.vocab.flags(is_critical);
+        let mut stems = Vocab::default();
+        let stem = (0..words.vocab.len() as u32)
+            .map(|id| {
+                let w = words.vocab.word(id);
+                (!is_stopword(w) && !PREFERENCE_FILLER.contains(&w)).then(|| stems.intern(&stem(w)))
+            })
+            .collect();
+        MemoryKeys {
+            words,
+            negation,
+            critical,
+            stem,
+            stems,
+        }
+    }
+
+    /// True when some entry has this key's polarity and critical tokens and
+    /// words similar enough (as [`same_preference`] asks of two statements).
+    fn holds(&self, negative: bool, critical: &BTreeSet<String>, words: &BTreeSet<String>) -> bool {
+        if words.is_empty() {
+            return false;
+        }
+        // An entry's critical tokens must be exactly these: one that no
+        // entry holds rules every entry out.
+        let mut want_critical = Vec::with_capacity(critical.len());
+        for c in critical {
+            match self.words.vocab.id(c) {
+                Some(id) => want_critical.push(id),
+                None => return false,
+            }
+        }
+        want_critical.sort_unstable();
+        let key_stems: BTreeSet<u32> = words.iter().filter_map(|w| self.stems.id(w)).collect();
+        if key_stems.is_empty() {
+            return false;
+        }
+        let mut entry_stems: Vec<u32> = Vec::new();
+        (0..self.words.len()).any(|i| {
+            let ids = self.words.of(i);
+            let mut neg = false;
+            let mut crit = 0usize;
+            let mut shares = false;
+            for &id in ids {
+                let id = id as usize;
+                neg |= self.negation[id];
+                if self.critical[id] {
+                    if want_critical.binary_search(&(id as u32)).is_err() {
+                        return false;
+                    }
+                    crit += 1;
+                }
+                shares |= self.stem[id].is_some_and(|s| key_stems.contains(&s));
+            }
+            if neg != negative || crit != want_critical.len() || !shares {
+                return false;
+            }
+            entry_stems.clear();
+            entry_stems.extend(ids.iter().filter_map(|&id| self.stem[id as usize]));
+            entry_stems.sort_unstable();
+            entry_stems.dedup();
+            let inter = entry_stems.iter().filter(|s| key_stems.contains(s)).count();
+            let union = words.len() + entry_stems.len() - inter;
+            inter as f64 / union as f64 >= SIMILARITY
+        })
+    }
+}
+
+/// [`find`] with the token sets the dream's analyses share.
+pub fn find_with(corpus: &Corpus, opts: &DreamOptions, shared: &Shared) -> Vec<PatchOp> {
     let mut statements: Vec<Statement> = Vec::new();
     for (si, session) in corpus.sessions.iter().enumerate() {
         let audience = if session.agent.trim().is_empty() {
@@ -413,25 +502,9 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
     }
 
     let min_sessions = opts.min_sessions.max(1);
-    // Memory entries by (polarity, critical tokens): a preference can only
-    // be known as an entry of its own bucket, so each group looks at that
-    // bucket instead of the whole store.
-    let memory_keys: Vec<PreferenceKey> = {
-        use rayon::prelude::*;
-        corpus
-            .memories
-            .par_iter()
-            .map(|m| preference_key(&m.entry.text))
-            .collect()
-    };
-    let mut memory_buckets: BTreeMap<(bool, &BTreeSet<String>), Vec<&PreferenceKey>> =
-        BTreeMap::new();
-    for key in &memory_keys {
-        memory_buckets
-            .entry((key.negative, &key.critical))
-            .or_default()
-            .push(key);
-    }
+    // Memory entries are read through the dream's shared token sets, and
+    // only once a group qualifies (most dreams have few).
+    let memory: std::cell::OnceCell<MemoryKeys<'_>> = std::cell::OnceCell::new();
     let mut ops = Vec::new();
     // Roots are the smallest index of each group, so this is first-seen order.
     for members in groups.values() {
@@ -477,14 +550,10 @@ pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
                 (k.negative, &k.critical, &k.words)
             })
             .collect();
-        let known = member_keys.iter().any(|&(negative, critical, words)| {
-            memory_buckets
-                .get(&(negative, critical))
-                .is_some_and(|keys| {
-                    keys.iter()
-                        .any(|key| !words.is_empty() && jaccard(words, &key.words) >= SIMILARITY)
-                })
-        });
+        let memory = memory.get_or_init(|| MemoryKeys::new(shared.entry_words(corpus)));
+        let known = member_keys
+            .iter()
+            .any(|&(negative, critical, words)| memory.holds(negative, critical, words));
         if known {
             tracing::debug!(preference = %content, "shared preference already in memory");
             continue;

@@ -13,6 +13,7 @@
 use super::contradictions::{
     clauses, entry_time, line_evidence, session_lines, tokens, SessionLine, Tok,
 };
+use super::index::Shared;
 use super::text;
 use super::{Corpus, DreamOptions, MemoryEntry};
 use crate::api::{PatchOp, Reason};
@@ -565,29 +566,50 @@ fn rewrite(m: &MemoryEntry, r: &Removal<'_, '_>) -> Option<String> {
 }
 
 /// Finds stale facts; deterministic.
-pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
+pub fn find(corpus: &Corpus, opts: &DreamOptions) -> Vec<PatchOp> {
+    find_with(corpus, opts, &Shared::default())
+}
+
+/// [`find`] with the token sets the dream's analyses share.
+pub fn find_with(corpus: &Corpus, _opts: &DreamOptions, shared: &Shared) -> Vec<PatchOp> {
     let lines = session_lines(corpus);
     let all: Vec<Removal<'_, '_>> = lines.iter().flat_map(removals).collect();
     if all.is_empty() {
         return Vec::new();
     }
-    let views: Vec<EntryView> = corpus.memories.iter().map(EntryView::new).collect();
-    // Entries by token, so each removal looks only at entries that name it.
-    let mut by_word: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (idx, v) in views.iter().enumerate() {
-        for w in &v.words {
-            by_word.entry(w.as_str()).or_default().push(idx);
+    // Each removal looks only at the entries that hold its key token (its
+    // first critical token, else its first word). Only those keys are
+    // indexed, and only the entries found get an `EntryView`: building one
+    // for every entry of a large store cost more than the rest together.
+    let words = shared.entry_words(corpus);
+    let keys: Vec<Option<u32>> = all
+        .iter()
+        .map(|r| {
+            let key = r
+                .critical()
+                .into_iter()
+                .next()
+                .or_else(|| r.words().into_iter().next());
+            key.and_then(|k| words.vocab.id(&k))
+        })
+        .collect();
+    let mut is_key = vec![false; words.vocab.len()];
+    for &k in keys.iter().flatten() {
+        is_key[k as usize] = true;
+    }
+    let mut by_word: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for idx in 0..words.len() {
+        for &w in words.of(idx) {
+            if is_key[w as usize] {
+                by_word.entry(w).or_default().push(idx);
+            }
         }
     }
+    let mut views: BTreeMap<usize, EntryView> = BTreeMap::new();
     // Per entry, the newest removal that makes it stale.
     let mut chosen: BTreeMap<usize, &Removal<'_, '_>> = BTreeMap::new();
-    for r in &all {
-        let key = r
-            .critical()
-            .into_iter()
-            .next()
-            .or_else(|| r.words().into_iter().next());
-        let Some(candidates) = key.as_deref().and_then(|k| by_word.get(k)) else {
+    for (r, key) in all.iter().zip(&keys) {
+        let Some(candidates) = key.and_then(|k| by_word.get(&k)) else {
             continue;
         };
         for &idx in candidates {
@@ -599,7 +621,8 @@ pub fn find(corpus: &Corpus, _opts: &DreamOptions) -> Vec<PatchOp> {
                     _ => continue,
                 }
             }
-            if is_about(&views[idx], r) {
+            let view = views.entry(idx).or_insert_with(|| EntryView::new(m));
+            if is_about(view, r) {
                 let newer = chosen.get(&idx).is_none_or(|c| c.line.stamp < r.line.stamp);
                 if newer {
                     chosen.insert(idx, r);

@@ -94,6 +94,11 @@ pub fn raw_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
         .filter_map(|t| trim_token(t).map(|(_, t)| t.to_lowercase()))
 }
 
+/// True for a word [`words`] leaves out.
+pub fn is_stopword(word: &str) -> bool {
+    STOPWORDS.contains(&word)
+}
+
 /// Content words: normalised tokens without stopwords.
 pub fn words(text: &str) -> Vec<String> {
     raw_tokens(text)

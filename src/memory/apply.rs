@@ -17,7 +17,8 @@
 //! the new revision.
 //!
 //! Fault points, for crash tests: when `REVERIE_FAULT_POINT` names one of
-//! them, the process aborts there.
+//! them, the process aborts there (or blocks until killed, see
+//! [`fault_point`]).
 //! - `mid-intent`: intent written to its temporary file, not yet renamed;
 //! - `after-intent`: intent in place, no memory file written;
 //! - `after-first-rename`: the first changed file renamed into place;
@@ -60,12 +61,34 @@ pub const FAULT_ENV: &str = "REVERIE_FAULT_POINT";
 /// The intent file below `.reverie/`.
 pub const INTENT_FILE: &str = "intent.json";
 
-/// Aborts the process when `REVERIE_FAULT_POINT` is `name` (crash tests).
-fn fault_point(name: &str) {
-    if std::env::var(FAULT_ENV).is_ok_and(|v| v == name) {
-        tracing::error!(point = name, "aborting at fault point");
-        std::process::abort();
+/// Environment variable that says what a fault point does: `abort` (the
+/// default) or `block`.
+pub const FAULT_ACTION_ENV: &str = "REVERIE_FAULT_ACTION";
+
+/// The line a blocking fault point prints on stderr, followed by a space
+/// and the point's name.
+pub const FAULT_REACHED: &str = "reverie: fault point reached:";
+
+/// Stops the process at fault point `name` when `REVERIE_FAULT_POINT` names
+/// it; does nothing otherwise (only crash tests set the variable). With
+/// `REVERIE_FAULT_ACTION=block` it prints [`FAULT_REACHED`] and sleeps
+/// until killed, so a test can send SIGKILL at exactly this point (an
+/// abort runs no handler either, but a kill from outside is what a node
+/// failure or an OOM kill does); otherwise it aborts. Shared by every
+/// fault point of the crate (apply, publish, the controllers).
+pub fn fault_point(name: &str) {
+    if !std::env::var(FAULT_ENV).is_ok_and(|v| v == name) {
+        return;
     }
+    if std::env::var(FAULT_ACTION_ENV).is_ok_and(|v| v == "block") {
+        tracing::error!(point = name, "blocking at fault point until killed");
+        eprintln!("{FAULT_REACHED} {name}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    tracing::error!(point = name, "aborting at fault point");
+    std::process::abort();
 }
 
 /// Why a patch or rollback was not applied.
@@ -194,6 +217,7 @@ pub fn apply_at(
             .iter()
             .map(|(p, f)| file_record(p, f.before.as_deref(), f.after.as_deref()))
             .collect(),
+        compacted: None,
     };
     let changed = record.paths();
     commit(store, Intent { record, files })?;
@@ -254,6 +278,17 @@ pub fn rollback_at(store: &Store, to: u64, now: DateTime<Utc>) -> Result<ApplyOu
             ),
         });
     }
+    if let Some(c) = later.iter().rev().find(|r| r.compacted.is_some()) {
+        return Err(ApplyError::BadRevision {
+            to,
+            message: format!(
+                "revision {}'s record was compacted by the store's revision retention, so \
+                 revisions before it cannot be restored; the oldest revision that can be \
+                 restored is {}",
+                c.revision, c.revision
+            ),
+        });
+    }
     // The earliest record after `to` that touched a file holds its content at `to`.
     let mut target: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut last_hash: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -294,6 +329,7 @@ pub fn rollback_at(store: &Store, to: u64, now: DateTime<Utc>) -> Result<ApplyOu
         ops: Vec::new(),
         inverse_ops: Vec::new(),
         files: file_records,
+        compacted: None,
     };
     let changed = record.paths();
     commit(store, Intent { record, files })?;
@@ -412,6 +448,11 @@ fn recover_locked(store: &Store) -> Result<(), StoreError> {
         "rolling forward a write interrupted by a crash"
     );
     roll_forward(store, &intent)
+}
+
+/// Rolls forward a leftover intent; the caller holds the store lock.
+pub(crate) fn recover_with_lock(store: &Store) -> Result<(), StoreError> {
+    recover_locked(store)
 }
 
 /// Rolls forward an interrupted write, if there is one (taking the lock

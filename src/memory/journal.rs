@@ -66,6 +66,19 @@ pub struct JournalRecord {
     /// rollback restores `files[].previous`, which is exact).
     pub inverse_ops: Vec<PatchOp>,
     pub files: Vec<FileRecord>,
+    /// Set when retention compacted the record: its ops, inverse ops and
+    /// previous file contents were dropped (the revision can no longer be
+    /// rolled back across), the head stays for `log` and re-apply checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<Compacted>,
+}
+
+/// What a compacted record still says about what it dropped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Compacted {
+    /// The number of ops the record had.
+    pub ops: usize,
 }
 
 impl JournalRecord {
@@ -91,6 +104,15 @@ pub struct JournalHead {
     #[serde(deserialize_with = "count")]
     pub ops: usize,
     pub files: Vec<FileHead>,
+    #[serde(default)]
+    pub compacted: Option<Compacted>,
+}
+
+impl JournalHead {
+    /// The number of ops of the revision, also after compaction.
+    pub fn op_count(&self) -> usize {
+        self.compacted.as_ref().map_or(self.ops, |c| c.ops)
+    }
 }
 
 /// The path of a changed file, from a [`JournalHead`].
@@ -149,7 +171,7 @@ fn read_as<T: serde::de::DeserializeOwned>(
 }
 
 /// The revisions in `from..=upto` that have a record.
-fn revisions(store: &Store, from: u64, upto: u64) -> Result<BTreeSet<u64>, StoreError> {
+pub(crate) fn revisions(store: &Store, from: u64, upto: u64) -> Result<BTreeSet<u64>, StoreError> {
     let dir = store.state_dir().join(JOURNAL_DIR);
     let mut revs = BTreeSet::new();
     match std::fs::read_dir(&dir) {
@@ -239,6 +261,7 @@ mod tests {
                 sha256_after: None,
                 previous: Some("x".into()),
             }],
+            compacted: None,
         }
     }
 
@@ -258,6 +281,7 @@ mod tests {
                     path: f.path.clone(),
                 })
                 .collect(),
+            compacted: None,
         }
     }
 

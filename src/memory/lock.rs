@@ -26,8 +26,22 @@ impl StoreLock {
             .write(true)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        tracing::debug!(path = %path.display(), "waiting for the store lock");
-        file.lock().map_err(|e| StoreError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // Said at info level, with the wait, because a writer that
+                // stalls behind another is what an operator asks about.
+                let started = std::time::Instant::now();
+                tracing::info!(path = %path.display(), "store lock held by another writer; waiting");
+                file.lock().map_err(|e| StoreError::io(&path, e))?;
+                tracing::info!(
+                    path = %path.display(),
+                    waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "store lock acquired after waiting"
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+        }
         Ok(StoreLock { file })
     }
 }

@@ -7,7 +7,8 @@
 //! - [`apply`]: crash-safe, atomic apply and rollback;
 //! - [`journal`]: one record per revision, with previous contents;
 //! - [`diff`]: the unified diff of a patch;
-//! - [`lock`]: the exclusive writer lock.
+//! - [`lock`]: the exclusive writer lock;
+//! - [`retention`]: compacting old journal records, removing old transcripts.
 
 pub mod apply;
 pub mod diff;
@@ -17,6 +18,7 @@ pub mod journal;
 pub mod layout;
 pub mod lock;
 pub mod patch;
+pub mod retention;
 pub mod store;
 
 pub use apply::{apply, apply_at, rollback, rollback_at, ApplyError, ApplyOutcome};

@@ -244,7 +244,12 @@ impl AgentLoop<'_> {
         for turn in 1..=self.max_turns {
             let reply = match self.model.complete(&self.system, &messages, &defs).await {
                 Ok(r) => r,
-                Err(e) => return fail(usage, last_text, e.to_string()),
+                Err(e) => {
+                    // Reported to the operator (termination message), which
+                    // counts it as an LLM error of the agent's provider.
+                    usage.errors += 1;
+                    return fail(usage, last_text, e.to_string());
+                }
             };
             usage.input_tokens += reply.input_tokens;
             usage.output_tokens += reply.output_tokens;
@@ -460,6 +465,7 @@ mod tests {
         .await;
         assert!(!r.succeeded);
         assert_eq!(r.message.as_deref(), Some("HTTP 500: boom"));
+        assert_eq!(r.usage.errors, 1);
         let call = || {
             reply(
                 vec![Block::ToolUse {

@@ -177,6 +177,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 1,
                 output_tokens: 2,
+                errors: 1,
             },
             message: Some("m".repeat(5000)),
         };
@@ -185,5 +186,6 @@ mod tests {
         let back: Termination = serde_json::from_str(&s).unwrap();
         assert_eq!(back.outcome, Outcome::Succeeded);
         assert_eq!(back.usage.output_tokens, 2);
+        assert_eq!(back.usage.errors, 1);
     }
 }

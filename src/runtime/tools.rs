@@ -8,6 +8,7 @@
 //! same checks. Read-only stores refuse writes. Writes to a store take its
 //! `StoreLock`, so they never interleave with a patch being applied.
 
+use crate::memory::apply::recover_with_lock;
 use crate::memory::layout::{check_memory_path, resolve_no_symlinks, MEMORIES};
 use crate::memory::lock::StoreLock;
 use crate::memory::store::Store;
@@ -186,7 +187,7 @@ impl MemoryTool {
                 let path = str_arg(input, "path")?;
                 let p = self.resolve(path, false)?;
                 let store = self.writable(p.store)?;
-                let _lock = StoreLock::acquire(&store).map_err(|e| e.to_string())?;
+                let _lock = lock_recovered(&store)?;
                 let file = resolve_no_symlinks(&p.store.root.join(MEMORIES), &p.rel)
                     .map_err(|e| e.to_string())?;
                 std::fs::remove_file(&file).map_err(|e| format!("cannot delete {path}: {e}"))?;
@@ -201,7 +202,7 @@ impl MemoryTool {
                     return Err("rename across stores is not supported".into());
                 }
                 let store = self.writable(a.store)?;
-                let _lock = StoreLock::acquire(&store).map_err(|e| e.to_string())?;
+                let _lock = lock_recovered(&store)?;
                 let dir = a.store.root.join(MEMORIES);
                 let src = resolve_no_symlinks(&dir, &a.rel).map_err(|e| e.to_string())?;
                 let dst = resolve_no_symlinks(&dir, &b.rel).map_err(|e| e.to_string())?;
@@ -264,7 +265,7 @@ impl MemoryTool {
         edit: impl FnOnce(Option<String>) -> Result<String, String>,
     ) -> Result<(), String> {
         let store = self.writable(p.store)?;
-        let _lock = StoreLock::acquire(&store).map_err(|e| e.to_string())?;
+        let _lock = lock_recovered(&store)?;
         let file =
             resolve_no_symlinks(&p.store.root.join(MEMORIES), &p.rel).map_err(|e| e.to_string())?;
         let old = match std::fs::read_to_string(&file) {
@@ -275,6 +276,15 @@ impl MemoryTool {
         let new = edit(old)?;
         write_atomic(&file, &new)
     }
+}
+
+/// Takes the store's writer lock and, holding it, rolls forward a write
+/// that an apply killed mid-way left behind: the tool then edits the new
+/// revision, and no later recovery can replay the old intent over its edit.
+fn lock_recovered(store: &Store) -> Result<StoreLock, String> {
+    let lock = StoreLock::acquire(store).map_err(|e| e.to_string())?;
+    recover_with_lock(store).map_err(|e| e.to_string())?;
+    Ok(lock)
 }
 
 fn write_atomic(file: &Path, text: &str) -> Result<(), String> {

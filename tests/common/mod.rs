@@ -169,16 +169,27 @@ impl ControlPlane {
     /// Tried a second time when a port picked as free was taken meanwhile by another
     /// process (parallel test binaries pick ports at the same time).
     pub async fn start() -> Result<ControlPlane, String> {
-        match ControlPlane::start_once().await {
+        ControlPlane::start_with(false).await
+    }
+
+    /// Starts a new control plane whose apiserver writes an audit log of every
+    /// write request ([`ControlPlane::audit_log_path`], one JSON event per
+    /// line, metadata level), for counting the writes a component makes.
+    pub async fn start_audited() -> Result<ControlPlane, String> {
+        ControlPlane::start_with(true).await
+    }
+
+    async fn start_with(audit: bool) -> Result<ControlPlane, String> {
+        match ControlPlane::start_once(audit).await {
             Err(e) if e.contains("address already in use") => {
                 eprintln!("control plane start hit a port race, retrying: {e}");
-                ControlPlane::start_once().await
+                ControlPlane::start_once(audit).await
             }
             other => other,
         }
     }
 
-    async fn start_once() -> Result<ControlPlane, String> {
+    async fn start_once(audit: bool) -> Result<ControlPlane, String> {
         let started = Instant::now();
         let bin = ensure_binaries()?;
         let dir = make_temp_dir()?;
@@ -244,11 +255,18 @@ impl ControlPlane {
             ],
         )?);
         let p = |f: &str| pki.join(f).display().to_string();
+        let audit_args = if audit {
+            audit_flags(&dir)?
+        } else {
+            Vec::new()
+        };
         servers.push(spawn_server(
             "kube-apiserver",
             &bin,
             &dir,
             &[
+                audit_args,
+                vec![
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -271,7 +289,9 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
                 "--enable-priority-and-fairness=false".into(),
-            ],
+                ],
+            ]
+            .concat(),
         )?);
         let km = kubeconfig.display().to_string();
         let kcm_args = [
@@ -443,6 +463,35 @@ impl ControlPlane {
     /// The cluster CA certificate (PEM file).
     pub fn ca_path(&self) -> &Path {
         &self.ca
+    }
+
+    /// The apiserver's audit log (written only by [`ControlPlane::start_audited`]).
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// A kubeconfig file with the admin credentials that impersonates `user`
+    /// in `groups`, for a process that must show up as its own user (e.g. in
+    /// the audit log). Written under the control plane's directory.
+    pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let pki = self.dir.join("pki");
+        let mut auth = format!(
+            "    client-certificate: {}\n    client-key: {}\n    as: {user}\n",
+            pki.join("admin.crt").display(),
+            pki.join("admin.key").display()
+        );
+        if !groups.is_empty() {
+            auth.push_str("    as-groups:\n");
+            for g in groups {
+                auth.push_str(&format!("    - {g}\n"));
+            }
+        }
+        let path = self.dir.join(format!("{user}.kubeconfig"));
+        let yaml = kubeconfig_yaml(&self.server_url, &self.ca, &auth, "default");
+        if let Err(e) = std::fs::write(&path, yaml) {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        path
     }
 
     /// A new admin client bound to the calling tokio runtime.
@@ -777,6 +826,32 @@ where
     }
 }
 
+/// The audit policy of [`ControlPlane::start_audited`]: every write, at
+/// metadata level, once its response is sent; nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
+
+/// Writes the audit policy into `dir`; the apiserver flags that use it.
+fn audit_flags(dir: &Path) -> Result<Vec<String>, String> {
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(&policy, AUDIT_POLICY)
+        .map_err(|e| format!("cannot write {}: {e}", policy.display()))?;
+    Ok(vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", dir.join("audit.log").display()),
+        "--audit-log-format=json".into(),
+        // The log backend's default (blocking) mode writes each event as the
+        // request completes, so the file is complete when a count is taken.
+        "--audit-log-mode=blocking".into(),
+    ])
+}
+
 fn kubeconfig_yaml(server: &str, ca: &Path, user: &str, namespace: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: reverie-test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: user\n  user:\n{user}contexts:\n- name: reverie-test\n  context:\n    cluster: reverie-test\n    user: user\n    namespace: {namespace}\ncurrent-context: reverie-test\n",
@@ -972,4 +1047,219 @@ fn make_pki(dir: &Path) -> Result<(), String> {
         &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
     )?;
     Ok(())
+}
+
+/// A process started by a test whose stderr is kept line by line, with the
+/// time each line arrived (for waiting on a log line, and for measuring
+/// when something happened). It runs under [`WATCHDOG`] in its own process
+/// group, so it dies with the test binary; [`Logged::kill`] sends SIGKILL
+/// to the whole group.
+pub struct Logged {
+    name: String,
+    child: std::process::Child,
+    lines: std::sync::Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Logged {
+    /// Starts `program args…` with `env` (stdout discarded, stderr kept).
+    pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, String)]) -> Logged {
+        use std::io::BufRead;
+        let mut cmd = watched(program, args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start {name} ({}): {e}", program.display()),
+        };
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((Instant::now(), line));
+                }
+            });
+        }
+        Logged {
+            name: name.to_string(),
+            child,
+            lines,
+        }
+    }
+
+    /// When the first stderr line containing `needle` arrived, if it did.
+    pub fn line_time(&self, needle: &str) -> Option<Instant> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`; panics
+    /// with the output so far when it does not come (or the process ends).
+    pub async fn wait_line(&mut self, needle: &str, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.line_time(needle) {
+                return t;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader thread a moment to drain the pipe.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(t) = self.line_time(needle) {
+                    return t;
+                }
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {}s:\n{}",
+                self.name,
+                timeout.as_secs(),
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        let lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        all.join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL to the process group, then reaps it; returns when the kill
+    /// was sent.
+    pub fn kill(&mut self) -> Instant {
+        let at = Instant::now();
+        kill_group(self.child.id(), "KILL");
+        let _ = self.child.wait();
+        at
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if self.running() {
+            self.kill();
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts `reverie controller` as its own process against this control
+    /// plane (admin kubeconfig), watching `ns`, with `args` added and
+    /// `env` set (e.g. a fault point). Logs at info level for reverie.
+    pub fn spawn_controller(
+        &self,
+        name: &str,
+        ns: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Logged {
+        let mut all: Vec<String> = [
+            "controller",
+            "--namespace",
+            ns,
+            "--image",
+            "reverie",
+            "--metrics-addr",
+            "off",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut vars = vec![
+            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("RUST_LOG", "reverie=info".to_string()),
+            // Plain log lines (no colour codes) to search.
+            ("NO_COLOR", "1".to_string()),
+        ];
+        vars.extend(env.iter().cloned());
+        Logged::spawn(name, Path::new(env!("CARGO_BIN_EXE_reverie")), &all, &vars)
+    }
+}
+
+impl ControlPlane {
+    /// Kills kube-apiserver (SIGKILL to its process group, as a crash
+    /// would), keeps it down for `down`, starts it again with the same
+    /// arguments (same port, same etcd, so every object survives) and waits
+    /// until it is ready. Returns how long it was unreachable in total.
+    ///
+    /// Every client of this control plane sees the outage: use it only in a
+    /// test binary of its own, and hold its tests apart from each other.
+    pub async fn restart_apiserver(&self, down: Duration) -> Duration {
+        let started = Instant::now();
+        let (program, args) = {
+            let mut servers = self.lock_servers();
+            let Some(i) = servers.iter().position(|s| s.name == "kube-apiserver") else {
+                panic!("no kube-apiserver among the servers of this control plane");
+            };
+            let pid = servers[i].child.id();
+            // The watchdog's command line is `sh -c <script> reverie-watchdog
+            // <program> <args…>`: the arguments to start it again with.
+            let cmdline = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+                Ok(c) => c,
+                Err(e) => panic!("cannot read the apiserver's command line (pid {pid}): {e}"),
+            };
+            let parts: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let Some(at) = parts.iter().position(|p| p == "reverie-watchdog") else {
+                panic!("unexpected apiserver command line: {parts:?}");
+            };
+            let program = PathBuf::from(&parts[at + 1]);
+            let args = parts[at + 2..].to_vec();
+            kill_group(pid, "KILL");
+            let mut old = servers.remove(i);
+            let _ = old.child.wait();
+            (program, args)
+        };
+        tokio::time::sleep(down).await;
+        let log = self.dir.join("kube-apiserver.restarted.log");
+        let file = match std::fs::File::create(&log) {
+            Ok(f) => f,
+            Err(e) => panic!("cannot create {}: {e}", log.display()),
+        };
+        let err = match file.try_clone() {
+            Ok(f) => f,
+            Err(e) => panic!("cannot reopen {}: {e}", log.display()),
+        };
+        let child = match watched(&program, &args).stdout(file).stderr(err).spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start kube-apiserver again: {e}"),
+        };
+        self.lock_servers().push(Server {
+            name: "kube-apiserver",
+            child,
+            log,
+        });
+        if let Err(e) = self.wait_ready().await {
+            panic!("kube-apiserver did not come back: {e}");
+        }
+        started.elapsed()
+    }
 }

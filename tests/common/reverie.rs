@@ -76,3 +76,114 @@ impl ControlPlane {
         }
     }
 }
+
+/// Seeds the claim of MemoryStore `name` with `examples/store`, creates the
+/// store (`deletionPolicy: Delete`) and waits until it is Ready; returns the
+/// claim's directory.
+pub async fn seeded_store(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> std::path::PathBuf {
+    let dir = cp.pvc_dir(ns, &format!("{name}-memory"));
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"),
+        &dir,
+    );
+    cp.apply_yaml(
+        ns,
+        &format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: Delete\n  storage: {{size: 1Gi}}\n"),
+    );
+    wait_ready::<reverie::api::MemoryStore>(cp, ns, name, timeout).await;
+    dir
+}
+
+/// Waits until the object `ns/name` of kind `K` has `Ready=True` in its
+/// `status.conditions`; returns it.
+pub async fn wait_ready<K>(cp: &ControlPlane, ns: &str, name: &str, timeout: Duration) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let api: Api<K> = Api::namespaced(cp.client(), ns);
+    let what = format!("{} {name} to be Ready", K::kind(&()));
+    eventually(&what, timeout, || async {
+        let obj = api.get(name).await.map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
+        let conds: Vec<Condition> =
+            serde_json::from_value(v["status"]["conditions"].clone()).unwrap_or_default();
+        is_ready(Some(&conds))
+            .then_some(obj)
+            .ok_or(format!("{}", v["status"]))
+    })
+    .await
+}
+
+/// The value of the series `series` (name and labels exactly as exposed)
+/// in a Prometheus text scrape; 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A free loopback address (for the controller's metrics endpoints).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// `GET http://{addr}{path}`: the status and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let r = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// A `reverie controller` process (the real binary) against the control
+/// plane, watching one namespace; killed when dropped.
+pub struct ControllerProcess(std::process::Child);
+
+impl ControllerProcess {
+    /// Starts `reverie controller --namespace ns --image reverie
+    /// --metrics-addr off` plus `extra` flags, logging at `log` level to
+    /// `<control plane dir>/controller-<ns>.log`.
+    pub fn start(cp: &ControlPlane, ns: &str, extra: &[&str], log: &str) -> ControllerProcess {
+        let path = cp.dir().join(format!("controller-{ns}.log"));
+        let file = std::fs::File::create(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverie"))
+            .args(["controller", "--image", "reverie", "--namespace", ns])
+            .args(["--metrics-addr", "off"])
+            .args(extra)
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", log)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start reverie controller: {e}"));
+        ControllerProcess(child)
+    }
+
+    /// The process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -76,11 +76,16 @@ pub(super) async fn run(
             )),
         })?;
     let stamp = now.to_rfc3339_opts(SecondsFormat::Secs, true);
-    let mut text = format!(
-        "dreamschedule/{name} annotated {DREAM_NOW_ANNOTATION}={stamp}: the controller starts a dream of store {} as Job {}\n",
-        schedule.spec.store_ref.name,
-        dream_now_job_name(name, &stamp)
-    );
+    let mut text = match &schedule.spec.store_ref {
+        Some(store) => format!(
+            "dreamschedule/{name} annotated {DREAM_NOW_ANNOTATION}={stamp}: the controller starts a dream of store {} as Job {}\n",
+            store.name,
+            dream_now_job_name(name, &stamp)
+        ),
+        None => format!(
+            "dreamschedule/{name} annotated {DREAM_NOW_ANNOTATION}={stamp}: the controller starts a dream of every selected store (idle ones too), within the concurrency limits\n"
+        ),
+    };
     if schedule.spec.suspend {
         text.push_str("note: the schedule is suspended; suspension stops scheduled dreams only\n");
     }

@@ -1,7 +1,7 @@
 //! `status`: a MemoryStore with its patches, an AgentSession's delegation
 //! tree, or a summary of every store in the namespace; as a table or as data.
 
-use super::{strip_kind, StatusArgs, SESSION_KINDS, STORE_KINDS};
+use super::{strip_kind, StatusArgs, SCHEDULE_KINDS, SESSION_KINDS, STORE_KINDS};
 use crate::api::{
     AgentSession, ChildSession, MemoryPatch, MemoryStore, APPROVAL_ANNOTATION,
     APPROVED_BY_ANNOTATION,
@@ -88,7 +88,7 @@ fn time_text(t: &Option<Time>) -> Option<String> {
     t.as_ref().map(|t| t.0.to_string())
 }
 
-fn condition_rows(conditions: &[Condition]) -> Vec<ConditionRow> {
+pub(crate) fn condition_rows(conditions: &[Condition]) -> Vec<ConditionRow> {
     let mut rows: Vec<ConditionRow> = conditions
         .iter()
         .map(|c| ConditionRow {
@@ -454,6 +454,7 @@ enum Target<'a> {
     Any(&'a str),
     Store(&'a str),
     Session(&'a str),
+    Schedule(&'a str),
 }
 
 fn parse_target(arg: &str) -> Result<Target<'_>, Exit> {
@@ -465,9 +466,12 @@ fn parse_target(arg: &str) -> Result<Target<'_>, Exit> {
         Some((kind, _)) if SESSION_KINDS.iter().any(|k| k.eq_ignore_ascii_case(kind)) => {
             Ok(Target::Session(strip_kind(arg, SESSION_KINDS)?))
         }
+        Some((kind, _)) if SCHEDULE_KINDS.iter().any(|k| k.eq_ignore_ascii_case(kind)) => {
+            Ok(Target::Schedule(strip_kind(arg, SCHEDULE_KINDS)?))
+        }
         Some((kind, _)) => Err(Exit::new(
             2,
-            format!("'{arg}': status shows a memorystore or an agentsession, not a {kind}"),
+            format!("'{arg}': status shows a memorystore, an agentsession or a dreamschedule, not a {kind}"),
         )),
     }
 }
@@ -502,6 +506,16 @@ pub(super) async fn run(
         Target::Any(n) => (true, true, n),
         Target::Store(n) => (true, false, n),
         Target::Session(n) => (false, true, n),
+        Target::Schedule(n) => {
+            let report = super::schedule::read(client, ns, n, chrono::Utc::now())
+                .await?
+                .ok_or_else(|| {
+                    Exit::new(1, format!("no DreamSchedule named {n} in namespace {ns}"))
+                })?;
+            return render_data(&report, args.output, || {
+                super::schedule::render_schedule_report(&report)
+            });
+        }
     };
     if want_store {
         if let Some(store) = stores

@@ -29,7 +29,7 @@ async fn generated_in(cp: &ControlPlane, candidates: &[&String]) -> BTreeSet<Str
         .items
         .iter()
         .filter_map(|d| d.namespace())
-        .filter(|ns| candidates.iter().any(|c| *c == ns))
+        .filter(|ns| candidates.contains(&ns))
         .collect()
 }
 

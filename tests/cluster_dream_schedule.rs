@@ -127,6 +127,22 @@ async fn cluster_schedule_expands_into_one_schedule_per_selected_namespace() {
     })
     .await;
 
+    // A namespace change that leaves the selection as it is makes the
+    // controller reconcile, and write nothing.
+    let versions = || async {
+        let cds: Api<ClusterDreamSchedule> = Api::all(cp.client());
+        let mut v = vec![cds.get(NAME).await.expect("get").resource_version()];
+        for ns in [&a, &c] {
+            let ds: Api<DreamSchedule> = Api::namespaced(cp.client(), ns);
+            v.push(ds.get(NAME).await.expect("get").resource_version());
+        }
+        v
+    };
+    let before = versions().await;
+    label(cp, &c, "cds-test-unrelated=yes");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(versions().await, before, "an idle reconcile wrote");
+
     // A same-named schedule it does not own is left alone and reported.
     cp.apply_yaml(
         &b,

@@ -9,18 +9,18 @@
 //! DreamSchedule the cluster object does not own is never taken over.
 
 use super::agent::shared_error_policy;
-use super::jobs::{owner_ref, MANAGED_BY};
+use super::jobs::{owner_ref, stamp_hash, up_to_date, MANAGED_BY};
 use super::scheduler::selector_matches;
 use super::status::{conditions, Health};
-use super::writes::{apply_if_changed, now, write_status};
-use super::{trim, Context, Error};
+use super::writes::{now, write_status};
+use super::{trim, Context, Error, FIELD_MANAGER};
 use crate::api::{
     ClusterDreamSchedule, ClusterDreamScheduleStatus, CycleCounts, DreamSchedule,
     CLUSTER_SCHEDULE_LABEL,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -123,9 +123,14 @@ async fn reconcile(cds: Arc<ClusterDreamSchedule>, ctx: Arc<Context>) -> Result<
     let existing = all
         .list(&ListParams::default().labels(&format!("{CLUSTER_SCHEDULE_LABEL}={name}")))
         .await?;
-    for ds in existing.items.iter().filter(|d| owned_by(d, &uid)) {
+    // The listed schedules spare one GET per namespace on every reconcile
+    // (each child status change triggers one).
+    let mut owned: BTreeMap<String, DreamSchedule> = BTreeMap::new();
+    for ds in existing.items.into_iter().filter(|d| owned_by(d, &uid)) {
         let ns = ds.namespace().unwrap_or_default();
-        if !wanted.contains(&ns) {
+        if wanted.contains(&ns) {
+            owned.insert(ns, ds);
+        } else {
             let api: Api<DreamSchedule> = Api::namespaced(ctx.client.clone(), &ns);
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {
@@ -143,14 +148,25 @@ async fn reconcile(cds: Arc<ClusterDreamSchedule>, ctx: Arc<Context>) -> Result<
     let mut cycle: Option<CycleCounts> = None;
     for ns in &wanted {
         let api: Api<DreamSchedule> = Api::namespaced(ctx.client.clone(), ns);
-        let live = api.get_opt(&name).await?;
-        if let Some(ds) = &live {
-            if !owned_by(ds, &uid) {
-                taken.push(format!("{ns}/{name}"));
-                continue;
-            }
-        }
-        if apply_if_changed(&api, generated_schedule(&cds, ns)?).await? {
+        let live = match owned.remove(ns) {
+            Some(ds) => Some(ds),
+            // Not listed as ours: free, or taken by a schedule we must not touch.
+            None => match api.get_opt(&name).await? {
+                Some(ds) if !owned_by(&ds, &uid) => {
+                    taken.push(format!("{ns}/{name}"));
+                    continue;
+                }
+                other => other,
+            },
+        };
+        let desired = stamp_hash(generated_schedule(&cds, ns)?)?;
+        if !up_to_date(live.as_ref(), &desired) {
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
             tracing::info!(%ns, %name, "generated schedule applied");
         }
         if let Some(st) = live.and_then(|d| d.status) {

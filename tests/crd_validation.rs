@@ -1,7 +1,7 @@
 //! The CRDs on a real apiserver: they are Established, every manifest in
 //! `examples/` applies, invalid manifests are rejected at apply time with a
-//! message that names the field, and MemoryPatch/AgentSession specs are
-//! immutable.
+//! message that names the field (ClusterDreamSchedule included), and
+//! MemoryPatch/AgentSession specs are immutable.
 
 mod common;
 
@@ -144,6 +144,9 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
     let fleet = |spec: &str| {
         format!("apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {{name: bad}}\nspec:\n{spec}")
     };
+    let cluster = |spec: &str| {
+        format!("apiVersion: reverie.dev/v1alpha1\nkind: ClusterDreamSchedule\nmetadata: {{name: bad}}\nspec:\n{spec}")
+    };
     let patch = |op: &str| {
         format!("apiVersion: reverie.dev/v1alpha1\nkind: MemoryPatch\nmetadata: {{name: bad}}\nspec:\n  storeRef: {{name: s}}\n  ops:\n  - {op}\n")
     };
@@ -181,6 +184,10 @@ fn invalid_manifests() -> Vec<(&'static str, String, &'static str)> {
         ("schedule window not a duration", fleet("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n  window: 2 hours\n"), "window must be a duration"),
         ("schedule budget without llm", fleet("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n  budget: {tokensPerHour: 1000}\n"), "budget limits the LLM pass and needs llm"),
         ("schedule budget of 0 tokens", fleet("  schedule: '@daily'\n  storeSelector: {matchLabels: {tier: a}}\n  llm: {provider: openai, name: m, apiKeySecretRef: {name: k, key: k}}\n  budget: {tokensPerHour: 0}\n"), "spec.budget.tokensPerHour"),
+        ("cluster schedule template with storeRef", cluster("  namespaceSelector: {}\n  template: {schedule: '@daily', storeRef: {name: s}}\n"), "template must use storeSelector, not storeRef"),
+        ("cluster schedule template without storeSelector", cluster("  namespaceSelector: {}\n  template: {schedule: '@daily'}\n"), "template must use storeSelector, not storeRef"),
+        ("cluster schedule without namespaceSelector", cluster("  template: {schedule: '@daily', storeSelector: {matchLabels: {a: b}}}\n"), "spec.namespaceSelector"),
+        ("cluster schedule template window not a duration", cluster("  namespaceSelector: {}\n  template: {schedule: '@daily', storeSelector: {matchLabels: {a: b}}, window: soon}\n"), "window must be a duration"),
         ("patch add without content", patch("{op: add, path: a.md, reason: instruction}"), "an add op needs content"),
         ("patch update without id", patch("{op: update, path: a.md, content: c, reason: contradiction}"), "an update op needs id and content"),
         ("patch merge with one id", patch("{op: merge, path: a.md, ids: [aaaaaaaaaaaa], content: c, reason: duplicate}"), "a merge op needs at least two ids"),

@@ -34,7 +34,12 @@ fn every_crd_has_status_categories_and_short_names() {
         let spec = &crd.spec;
         assert_eq!(spec.group, "reverie.dev");
         assert_eq!(spec.names.plural, plural);
-        assert_eq!(spec.scope, "Namespaced");
+        let scope = if plural.starts_with("cluster") {
+            "Cluster"
+        } else {
+            "Namespaced"
+        };
+        assert_eq!(spec.scope, scope, "{plural}: scope");
         assert!(
             spec.names
                 .categories

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod agentsession;
 pub mod agentteam;
+pub mod clusterdreamschedule;
 pub mod common;
 pub mod dreamschedule;
 pub mod memorypatch;
@@ -12,6 +13,7 @@ pub mod memorystore;
 pub use agent::*;
 pub use agentsession::*;
 pub use agentteam::*;
+pub use clusterdreamschedule::*;
 pub use common::*;
 pub use dreamschedule::*;
 pub use memorypatch::*;
@@ -42,6 +44,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("agentsessions", tidy(AgentSession::crd())),
         ("memorystores", tidy(MemoryStore::crd())),
         ("dreamschedules", tidy(DreamSchedule::crd())),
+        ("clusterdreamschedules", tidy(ClusterDreamSchedule::crd())),
         ("memorypatches", tidy(MemoryPatch::crd())),
     ]
 }

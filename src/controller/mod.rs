@@ -12,6 +12,7 @@ pub mod status;
 pub mod trim;
 
 // The dream loop: stores, schedules, patches and the pods they start.
+pub mod clusterdreamschedule;
 pub mod dreamschedule;
 pub mod fleet;
 pub mod jobs;
@@ -85,6 +86,7 @@ pub fn dream_loop_controllers(
         memorystore::run(ctx.clone()).boxed(),
         dreamschedule::run(ctx.clone()).boxed(),
         fleet::run(ctx.clone()).boxed(),
+        clusterdreamschedule::run(ctx.clone()).boxed(),
         memorypatch::run(ctx).boxed(),
     ]
 }

@@ -460,6 +460,9 @@ fn session_mentions(corpus: &Corpus, clusters: &[Vec<usize>]) -> Vec<Vec<Evidenc
                 };
                 let words: BTreeSet<String> = text::words(t).into_iter().collect();
                 let mut tried = BTreeSet::new();
+                // Computed once per line, and only when a fact's words are
+                // in it: common words make many facts candidates per line.
+                let mut crit: Option<BTreeSet<String>> = None;
                 for w in &words {
                     let Some(cs) = index.get(w.as_str()) else {
                         continue;
@@ -469,12 +472,22 @@ fn session_mentions(corpus: &Corpus, clusters: &[Vec<usize>]) -> Vec<Vec<Evidenc
                             continue;
                         }
                         let (fw, fc) = &facts[c];
-                        let inside = fw.iter().filter(|x| words.contains(*x)).count();
-                        if (inside as f64) < MENTION_CONTAINMENT * fw.len() as f64 {
+                        // Containment below MENTION_CONTAINMENT: stop at the
+                        // first missing word that makes it unreachable (most
+                        // candidates share only the indexed word).
+                        let need = MENTION_CONTAINMENT * fw.len() as f64;
+                        let mut missing = 0usize;
+                        let short = fw.iter().any(|x| {
+                            if !words.contains(x) {
+                                missing += 1;
+                            }
+                            ((fw.len() - missing) as f64) < need
+                        });
+                        if short {
                             continue;
                         }
-                        let crit = text::critical_tokens(t);
-                        if !fc.is_subset(&crit) {
+                        let crit = crit.get_or_insert_with(|| text::critical_tokens(t));
+                        if !fc.is_subset(crit) {
                             continue;
                         }
                         found.push((

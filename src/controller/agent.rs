@@ -179,14 +179,7 @@ pub(crate) fn shared_error_policy<K: Resource>(
     err: &Error,
     _ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(
-        namespace = obj.namespace().unwrap_or_default(),
-        name = obj.name_any(),
-        error = %err,
-        label = err.metric_label(),
-        "reconcile failed"
-    );
-    Action::requeue(Duration::from_secs(5))
+    super::retry_after_error(obj.as_ref(), err, Duration::from_secs(5))
 }
 
 /// Runs the Agent controller until the watch ends.

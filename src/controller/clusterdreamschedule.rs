@@ -8,7 +8,7 @@
 //! ones. A namespace that stops matching loses its schedule; a same-named
 //! DreamSchedule the cluster object does not own is never taken over.
 
-use super::agent::shared_error_policy;
+use super::agent::{shared_error_policy, watched_api};
 use super::jobs::{owner_ref, stamp_hash, up_to_date, MANAGED_BY};
 use super::scheduler::selector_matches;
 use super::status::{conditions, Health};
@@ -116,10 +116,7 @@ async fn reconcile(cds: Arc<ClusterDreamSchedule>, ctx: Arc<Context>) -> Result<
     let wanted = selected_namespaces(&cds, &ctx).await?;
 
     // Generated schedules that exist now, by namespace.
-    let all: Api<DreamSchedule> = match &ctx.config.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let all = watched_api::<DreamSchedule>(&ctx);
     let existing = all
         .list(&ListParams::default().labels(&format!("{CLUSTER_SCHEDULE_LABEL}={name}")))
         .await?;
@@ -224,10 +221,7 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
         ns_config,
     );
-    let schedules_api: Api<PartialObjectMeta<DreamSchedule>> = match &ctx.config.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let schedules_api = watched_api::<PartialObjectMeta<DreamSchedule>>(&ctx);
     let schedules = trim::metadata_trigger(
         schedules_api,
         watcher::Config::default().labels(CLUSTER_SCHEDULE_LABEL),

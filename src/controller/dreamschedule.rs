@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::agent::watched_api;
 use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -390,33 +391,15 @@ async fn dream_now(
 }
 
 fn error_policy(schedule: Arc<DreamSchedule>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(
-        namespace = schedule.namespace().unwrap_or_default(),
-        name = schedule.name_any(),
-        error = %error,
-        kind = error.metric_label(),
-        "DreamSchedule reconcile failed"
-    );
-    Action::requeue(Duration::from_secs(10))
+    super::retry_after_error(schedule.as_ref(), error, super::DREAM_LOOP_RETRY)
 }
 
 /// Runs the DreamSchedule controller until the stream ends.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let (schedules, crons, jobs, stores) = match &ctx.config.namespace {
-        Some(ns) => (
-            Api::<DreamSchedule>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<CronJob>>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<MemoryStore>>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let schedules = watched_api::<DreamSchedule>(&ctx);
+    let crons = watched_api::<PartialObjectMeta<CronJob>>(&ctx);
+    let jobs = watched_api::<PartialObjectMeta<Job>>(&ctx);
+    let stores = watched_api::<PartialObjectMeta<MemoryStore>>(&ctx);
     // Trimmed streams (see `trim`): CronJobs, Jobs and stores as metadata only.
     let (reader, schedules) = trim::reflected(schedules, watcher::Config::default());
     let crons = trim::metadata_trigger(crons, watcher::Config::default().labels(SCHEDULE_LABEL));

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::agent::watched_api;
 use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -440,26 +441,13 @@ async fn maybe_auto_approve(ctx: &Context, ns: &str, patch: &MemoryPatch) -> Res
 }
 
 fn error_policy(patch: Arc<MemoryPatch>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(
-        namespace = patch.namespace().unwrap_or_default(),
-        name = patch.name_any(),
-        error = %error,
-        kind = error.metric_label(),
-        "MemoryPatch reconcile failed"
-    );
-    Action::requeue(Duration::from_secs(10))
+    super::retry_after_error(patch.as_ref(), error, super::DREAM_LOOP_RETRY)
 }
 
 /// Runs the MemoryPatch controller until the stream ends.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let (patches, jobs) = match &ctx.config.namespace {
-        Some(ns) => (
-            Api::<MemoryPatch>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let patches = watched_api::<MemoryPatch>(&ctx);
+    let jobs = watched_api::<PartialObjectMeta<Job>>(&ctx);
     // Trimmed streams (see `trim`): owned Jobs as metadata only.
     let (reader, patches) = trim::reflected(patches, watcher::Config::default());
     super::metrics::metrics().watch_patches(reader.clone());

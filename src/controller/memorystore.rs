@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::agent::watched_api;
 use super::trim;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -394,33 +395,15 @@ async fn cleanup(store: &MemoryStore, ctx: &Context, ns: &str) -> Result<Action,
 }
 
 fn error_policy(store: Arc<MemoryStore>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(
-        namespace = store.namespace().unwrap_or_default(),
-        name = store.name_any(),
-        error = %error,
-        kind = error.metric_label(),
-        "MemoryStore reconcile failed"
-    );
-    Action::requeue(Duration::from_secs(10))
+    super::retry_after_error(store.as_ref(), error, super::DREAM_LOOP_RETRY)
 }
 
 /// Runs the MemoryStore controller until the stream ends.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let (stores, claims, jobs, patches) = match &ctx.config.namespace {
-        Some(ns) => (
-            Api::<MemoryStore>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<PersistentVolumeClaim>>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
-            Api::<MemoryPatch>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let stores = watched_api::<MemoryStore>(&ctx);
+    let claims = watched_api::<PartialObjectMeta<PersistentVolumeClaim>>(&ctx);
+    let jobs = watched_api::<PartialObjectMeta<Job>>(&ctx);
+    let patches = watched_api::<MemoryPatch>(&ctx);
     // Trimmed streams (see `trim`): claims and Jobs as metadata only.
     let managed = watcher::Config::default().labels(STORE_LABEL);
     let (reader, stores) = trim::reflected(stores, watcher::Config::default());

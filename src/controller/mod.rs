@@ -54,6 +54,29 @@ impl Error {
     }
 }
 
+/// How long the dream-loop controllers wait before retrying a failed
+/// reconcile.
+pub(crate) const DREAM_LOOP_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs a failed reconcile of `obj` (its namespace and name, the error and
+/// its metric label) and retries after `after`: every controller's error
+/// policy.
+pub(crate) fn retry_after_error<K: kube::Resource>(
+    obj: &K,
+    err: &Error,
+    after: std::time::Duration,
+) -> kube::runtime::controller::Action {
+    use kube::ResourceExt;
+    tracing::warn!(
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        error = %err,
+        label = err.metric_label(),
+        "reconcile failed"
+    );
+    kube::runtime::controller::Action::requeue(after)
+}
+
 /// Runs every controller until one of them stops (which only happens when
 /// the API is gone for good) or the process is signalled.
 pub async fn run(ctx: std::sync::Arc<Context>) -> Result<(), Error> {

@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::reverie::{copy_dir, is_ready as ready, output_text as text};
+use common::reverie::{output_text as text, seeded_store};
 
-use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,29 +44,6 @@ fn grant_users(cp: &ControlPlane, ns: &str) {
         ns,
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: patch-editor}\nrules:\n- {apiGroups: [reverie.dev], resources: [memorypatches], verbs: [get, list, patch, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-approves}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reverie-approver}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-editor}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]\n",
     );
-}
-
-/// Seeds the claim of store `team` with `examples/store` and creates the
-/// store; waits until it is Ready. Returns the claim directory.
-async fn seeded_store(cp: &ControlPlane, ns: &str) -> std::path::PathBuf {
-    let dir = cp.pvc_dir(ns, "team-memory");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/store"),
-        &dir,
-    );
-    cp.apply_yaml(
-        ns,
-        "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: team}\nspec:\n  deletionPolicy: Delete\n  storage: {size: 1Gi}\n",
-    );
-    let stores: Api<MemoryStore> = Api::namespaced(cp.client(), ns);
-    eventually("store team to be Ready", WAIT, || async {
-        let s = stores.get("team").await.map_err(|e| e.to_string())?;
-        ready(s.status.as_ref().map(|s| s.conditions.as_slice()))
-            .then_some(())
-            .ok_or(format!("{:?}", s.status))
-    })
-    .await;
-    dir
 }
 
 fn condition_reason(
@@ -214,7 +190,7 @@ async fn approved_patch_is_applied_by_a_job() {
     let ns = cp.create_namespace("loop-apply").await;
     grant_users(cp, &ns);
     start_controller(cp, &ns);
-    let dir = seeded_store(cp, &ns).await;
+    let dir = seeded_store(cp, &ns, "team", WAIT).await;
 
     // The store owns its claim and set up the worker identity.
     let claim: PersistentVolumeClaim = Api::namespaced(cp.client(), &ns)
@@ -302,7 +278,7 @@ async fn rejected_and_conflicting_patches_change_nothing() {
     let ns = cp.create_namespace("loop-reject").await;
     grant_users(cp, &ns);
     start_controller(cp, &ns);
-    let dir = seeded_store(cp, &ns).await;
+    let dir = seeded_store(cp, &ns, "team", WAIT).await;
 
     cp.apply_yaml(&ns, &patch_yaml("nope", None, false));
     wait_phase(cp, &ns, "nope", PatchPhase::Pending).await;
@@ -348,7 +324,7 @@ async fn auto_mode_approves_only_listed_op_kinds() {
     cp.install_approval_policy();
     let ns = cp.create_namespace("loop-auto").await;
     start_controller(cp, &ns);
-    let dir = seeded_store(cp, &ns).await;
+    let dir = seeded_store(cp, &ns, "team", WAIT).await;
     cp.apply_yaml(
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: auto}\nspec:\n  storeRef: {name: team}\n  schedule: \"0 3 * * *\"\n  suspend: true\n  approval: {mode: Auto, autoApprove: [add]}\n",
@@ -391,7 +367,7 @@ async fn schedules_own_their_cron_job_and_stall_on_bad_input() {
     cp.install_crds().await;
     let ns = cp.create_namespace("loop-sched").await;
     start_controller(cp, &ns);
-    seeded_store(cp, &ns).await;
+    seeded_store(cp, &ns, "team", WAIT).await;
     cp.apply_yaml(
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: nightly}\nspec:\n  storeRef: {name: team}\n  schedule: \"* * * * *\"\n  suspend: true\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: bad-cron}\nspec:\n  storeRef: {name: team}\n  schedule: \"61 3 * * *\"\n---\napiVersion: reverie.dev/v1alpha1\nkind: DreamSchedule\nmetadata: {name: orphan}\nspec:\n  storeRef: {name: nowhere}\n  schedule: \"@daily\"\n",
@@ -501,7 +477,7 @@ async fn deleting_a_store_fails_its_pending_patches_and_follows_the_deletion_pol
     cp.install_crds().await;
     let ns = cp.create_namespace("loop-delete").await;
     start_controller(cp, &ns);
-    seeded_store(cp, &ns).await;
+    seeded_store(cp, &ns, "team", WAIT).await;
     cp.apply_yaml(
         &ns,
         "apiVersion: reverie.dev/v1alpha1\nkind: MemoryStore\nmetadata: {name: kept}\nspec:\n  deletionPolicy: Retain\n",
@@ -588,7 +564,7 @@ async fn dream_now_proposes_a_patch_that_an_approver_applies() {
     );
     grant_users(cp, &ns);
     start_controller(cp, &ns);
-    let dir = seeded_store(cp, &ns).await;
+    let dir = seeded_store(cp, &ns, "team", WAIT).await;
     let before = std::fs::read_to_string(dir.join("memories/notes.md")).expect("notes");
 
     // Suspended: no scheduled dreams, but dream-now still works.
